@@ -1,0 +1,181 @@
+"""Command line: ``dreamdistill PROMPT`` (text-to-3D) and the subcommands
+``sample``, ``train-teacher``, ``distill``, ``export`` and ``eval``.
+
+User errors print one line (``error: ...``) and exit with status 2; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from dreamdistill.errors import DreamDistillError
+
+SUBCOMMANDS = ("sample", "train-teacher", "distill", "export", "eval")
+
+
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail early, before any work, when an output location cannot be written."""
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder != path and not folder.is_dir():
+        raise DreamDistillError(f"cannot write to {path}: {folder} is a file, not a folder; pass another --out")
+    folder = folder if folder.is_dir() else folder.parent
+    if not os.access(folder, os.W_OK):
+        raise DreamDistillError(f"cannot write to {path}: {folder} is not writable; pass --out with a writable path")
+
+
+# ----------------------------------------------------------------------- text-to-3D
+def main_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dreamdistill",
+        description="Text-to-3D by score distillation. Subcommands: " + ", ".join(SUBCOMMANDS)
+        + " (run `dreamdistill SUBCOMMAND --help`).",
+    )
+    parser.add_argument("prompt", help='what to make, e.g. "a red chair"')
+    parser.add_argument("--guidance", choices=("sds", "vsd"), default=None, help="score distillation variant")
+    parser.add_argument("--teacher", default="toy", help="toy (embedded), a folder, or a cached hub id")
+    parser.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--out", default="runs", help="parent folder of the run directory")
+    parser.add_argument("--config", default=None, help="a preset, e.g. configs/toy-sds.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (repeatable)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    _device_argument(parser)
+    return parser
+
+
+def run_text_to_3d(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        raise DreamDistillError('empty prompt: pass what to make, e.g. dreamdistill "a red chair"')
+    _check_writable(Path(args.out))
+    try:
+        from dreamdistill import lift3d
+    except ImportError:
+        lift3d = None
+    if lift3d is None:
+        from dreamdistill.diffusion.teacher import resolve_teacher_path
+
+        resolve_teacher_path(args.teacher)
+        print("text-to-3D (SDS/VSD optimisation and mesh export) is not yet available in this version; "
+              "`dreamdistill sample` draws 2D samples from the teacher.")
+        return 0
+    return lift3d.main(args)
+
+
+# -------------------------------------------------------------------------- sample
+def sample_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dreamdistill sample",
+                                     description="Draw a grid of 2D samples from a teacher.")
+    parser.add_argument("prompt")
+    parser.add_argument("-n", "--num", type=int, default=16, help="number of samples")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's own)")
+    parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
+    parser.add_argument("--model", default="toy", help="teacher or student folder, or a cached hub id")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="samples.png", help="PNG grid to write")
+    _device_argument(parser)
+    return parser
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dreamdistill.diffusion.teacher import Teacher
+    from dreamdistill.toyworld.train_teacher import save_grid
+
+    if not args.prompt.strip():
+        raise DreamDistillError('empty prompt: pass what to draw, e.g. dreamdistill sample "a red chair, front view"')
+    if args.num < 1:
+        raise DreamDistillError(f"-n must be at least 1, got {args.num}")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise DreamDistillError(f"--out {out} must end in .png or .jpg")
+    _check_writable(out)
+    teacher = Teacher.from_pretrained(args.model, device=args.device)
+    warning = teacher.vocabulary_warning(args.prompt)
+    if warning:
+        print(warning, file=sys.stderr)
+    defaults = teacher.info.defaults
+    steps = args.steps or int(defaults.get("default_steps", 64))
+    cfg = args.cfg if args.cfg is not None else float(defaults.get("default_cfg", 4.0))
+    images = teacher.sample([args.prompt] * args.num, steps=steps, guidance_scale=cfg, seed=args.seed,
+                            progress=lambda it: tqdm(it, desc=f"sampling {args.num} × {steps} steps", unit="step"))
+    save_grid(images, out, columns=min(8, args.num), scale=max(1, 128 // teacher.image_size))
+    print(f"wrote {out} ({args.num} samples, {steps} steps, cfg {cfg}, model {args.model})")
+    return 0
+
+
+# -------------------------------------------------------------------- train-teacher
+def train_teacher_parser() -> argparse.ArgumentParser:
+    from dreamdistill.toyworld.train_teacher import TeacherTrainConfig
+
+    defaults = TeacherTrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="dreamdistill train-teacher",
+        description="Train the embedded toy teacher on the toy world (resumes from WORK_DIR/checkpoint.pt).",
+    )
+    parser.add_argument("--out", default=defaults.out, help="teacher folder to write")
+    parser.add_argument("--work-dir", default=defaults.work_dir, help="checkpoints, samples, log")
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--width", type=int, default=defaults.width, help="UNet width (first level channels)")
+    parser.add_argument("--dataset-size", type=int, default=defaults.dataset_size)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads (0 = default)")
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def run_train_teacher(args: argparse.Namespace) -> int:
+    from dreamdistill.toyworld.train_teacher import TeacherTrainConfig, train_teacher
+
+    if args.steps < 1 or args.batch_size < 1:
+        raise DreamDistillError("--steps and --batch-size must be positive")
+    _check_writable(Path(args.out))
+    _check_writable(Path(args.work_dir))
+    config = TeacherTrainConfig(
+        out=args.out, work_dir=args.work_dir, steps=args.steps, batch_size=args.batch_size, width=args.width,
+        dataset_size=args.dataset_size, seed=args.seed, threads=args.threads, device=args.device,
+    )
+    train_teacher(config)
+    return 0
+
+
+# ------------------------------------------------------------- not yet available
+def _not_yet(name: str):
+    def run(argv: list[str]) -> int:
+        print(f"`dreamdistill {name}` is not yet available in this version.")
+        return 0
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "sample":
+            return run_sample(sample_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "train-teacher":
+            return run_train_teacher(train_teacher_parser().parse_args(argv[1:]))
+        if argv and argv[0] in SUBCOMMANDS:
+            return _not_yet(argv[0])(argv[1:])
+        return run_text_to_3d(main_parser().parse_args(argv))
+    except DreamDistillError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; long jobs resume from their last checkpoint when run again", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

