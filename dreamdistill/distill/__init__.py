@@ -1,0 +1,208 @@
+"""Distill the 2D teacher into a fast sampler: KD, progressive (PD), guided and DMD distillation.
+
+``dreamdistill distill {kd,pd,guided,dmd} --teacher NAME_OR_PATH --out DIR`` (or :func:`distill`)
+trains a student and saves it as a pixel-format teacher folder, so ``Teacher.from_pretrained(DIR)``
+loads it and ``dreamdistill sample PROMPT --model DIR`` samples from it with its own steps.
+
+    kd.py           one-step student regressed onto cached teacher DDIM rollouts
+    progressive.py  PD: closed-form two-step target, rounds halving the steps
+    guided.py       w-conditioned student matching the CFG teacher, then PD on it
+    dmd.py          one-step generator + fake score (distribution matching / 2D VSD)
+    loop.py         the shared accelerate loop: phases, checkpoint/resume, progress bars
+    data.py         prompts, toy-world renders, cached teacher rollouts
+    student.py      calling UNets (CFG / embedded w / plain) and saving students
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from dreamdistill.distill.data import DataConfig
+from dreamdistill.distill.dmd import DMDConfig
+from dreamdistill.distill.guided import GuidedConfig
+from dreamdistill.distill.loop import LoopConfig, Run
+from dreamdistill.distill.progressive import PDConfig, pd_rounds
+from dreamdistill.errors import DreamDistillError
+
+Method = Literal["kd", "pd", "guided", "dmd"]
+METHODS: tuple[str, ...] = ("kd", "pd", "guided", "dmd")
+
+
+@dataclass
+class DistillConfig:
+    """A distillation run (presets: configs/distill-{kd,pd,guided,dmd}.yaml)."""
+
+    method: Method = "pd"
+    """kd: one-step regression on teacher rollouts; pd: progressive distillation; guided: w-conditioned
+    student then PD; dmd: one-step distribution matching."""
+    teacher: str = "toy"
+    """Teacher to distill: toy (embedded), a pixel-format folder (a student works too), or a cached hub id."""
+    out: str = "students/pd"
+    """Student folder to write (a teacher-format folder)."""
+    work_dir: str | None = None
+    """Checkpoints, cached data and the log (None: OUT-work next to the student)."""
+    cfg: float | None = None
+    """Classifier-free guidance weight of the teacher being distilled (None: the teacher's default_cfg, else 4)."""
+    prompts: str | None = None
+    """Text file of training prompts, one per line (None: every caption of the toy teacher's vocabulary)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    pd: PDConfig = field(default_factory=PDConfig)
+    guided: GuidedConfig = field(default_factory=GuidedConfig)
+    dmd: DMDConfig = field(default_factory=DMDConfig)
+
+
+RESUME_INSENSITIVE = ("out", "work_dir", "loop.checkpoint_every", "loop.log_every", "loop.device", "loop.threads")
+"""Settings that may change between a run and its resumption."""
+
+
+def preset_path(method: str) -> Path:
+    """The shipped preset configs/distill-METHOD.yaml (in the source tree)."""
+    return Path(__file__).resolve().parents[2] / "configs" / f"distill-{method}.yaml"
+
+
+def work_dir_of(config: DistillConfig) -> Path:
+    return Path(config.work_dir) if config.work_dir else Path(f"{str(config.out).rstrip('/')}-work")
+
+
+def validate(config: DistillConfig) -> None:
+    """One-line errors for settings that cannot work, before anything is loaded."""
+    loop = config.loop
+    for name, value in (("loop.steps", loop.steps), ("loop.batch_size", loop.batch_size),
+                        ("loop.checkpoint_every", loop.checkpoint_every), ("loop.log_every", loop.log_every),
+                        ("data.size", config.data.size), ("data.rollout_steps", config.data.rollout_steps),
+                        ("data.generate_batch", config.data.generate_batch)):
+        if value < 1:
+            raise DreamDistillError(f"{name} must be at least 1, got {value}")
+    if loop.learning_rate <= 0:
+        raise DreamDistillError(f"loop.learning_rate must be positive, got {loop.learning_rate}")
+    if config.cfg is not None and config.cfg < 0:
+        raise DreamDistillError(f"cfg must be non-negative, got {config.cfg}")
+    if config.method in ("pd", "guided"):
+        pd_rounds(config.pd.teacher_steps, config.pd.student_steps)
+    if config.method == "guided":
+        low, high = config.guided.w_range
+        if not 0 <= low <= high:
+            raise DreamDistillError(f"guided.w_range must be [low, high] with 0 <= low <= high, got {[low, high]}")
+        if config.guided.embedding_dim < 2:
+            raise DreamDistillError(f"guided.embedding_dim must be at least 2, got {config.guided.embedding_dim}")
+        if config.guided.stage1_steps is not None and config.guided.stage1_steps < 1:
+            raise DreamDistillError(f"guided.stage1_steps must be at least 1, got {config.guided.stage1_steps}")
+    if config.method == "dmd":
+        dmd = config.dmd
+        if dmd.fake_steps < 1 or dmd.lora_rank < 1:
+            raise DreamDistillError("dmd.fake_steps and dmd.lora_rank must be at least 1")
+        if not 0 <= dmd.t_range[0] < dmd.t_range[1] <= 1:
+            raise DreamDistillError(f"dmd.t_range must satisfy 0 <= low < high <= 1, got {list(dmd.t_range)}")
+        if dmd.regression_weight < 0:
+            raise DreamDistillError(f"dmd.regression_weight must be non-negative, got {dmd.regression_weight}")
+
+
+def _comparable(config: DistillConfig) -> dict:
+    from dreamdistill.config import to_dict
+
+    data = to_dict(config)
+    for key in RESUME_INSENSITIVE:
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node.pop(last, None)
+    return data
+
+
+def check_resumable(work_dir: Path, config: DistillConfig) -> None:
+    """Refuse to resume a work folder trained with other settings (else record this run's settings)."""
+    import yaml
+
+    from dreamdistill.config import from_dict
+    from dreamdistill.fileio import write_text_atomic
+
+    path = work_dir / "distill.yaml"
+    if path.is_file():
+        try:
+            previous = from_dict(DistillConfig, yaml.safe_load(path.read_text()) or {})
+        except DreamDistillError:
+            previous = None
+        old, new = (_comparable(previous) if previous else {}), _comparable(config)
+        if old != new:
+            changed = _first_difference(old, new)
+            raise DreamDistillError(f"work folder {work_dir} holds a run with other settings ({changed}); "
+                                    "rerun with the same settings to resume, or pass another --work-dir")
+        return
+    write_text_atomic(path, yaml.safe_dump(_plain(config), sort_keys=False))
+
+
+def _plain(config: DistillConfig) -> dict:
+    from dreamdistill.config import to_dict
+
+    return to_dict(config)
+
+
+def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            if a != b:
+                return _first_difference(a, b, f"{prefix}{key}.")
+        elif a != b:
+            return f"{prefix}{key}: {a!r} → {b!r}"
+    return "unknown"
+
+
+def distill(config: DistillConfig, teacher=None) -> Path:
+    """Train the student ``config.method`` describes and save it to ``config.out``; returns that folder.
+
+    ``teacher`` optionally passes an already loaded :class:`Teacher` (it must be float32).
+    """
+    import torch
+
+    from dreamdistill.diffusion.teacher import Teacher, resolve_teacher_path
+    from dreamdistill.distill.student import check_output_folder, save_student
+
+    validate(config)
+    teacher_path = teacher.info.path if teacher is not None else resolve_teacher_path(config.teacher)
+    check_output_folder(Path(config.out), teacher_path)
+    work_dir = work_dir_of(config)
+    run = Run(config.loop, work_dir)
+    if run.is_main:
+        check_resumable(work_dir, config)
+    run.wait()
+    if teacher is None:
+        teacher = Teacher.from_pretrained(config.teacher, device=run.device, dtype=torch.float32)
+    if teacher.dtype != torch.float32:
+        raise DreamDistillError(f"the teacher is loaded in {teacher.dtype}; distillation needs it in float32 "
+                                "(Teacher.from_pretrained(..., dtype=torch.float32)); loop.mixed_precision gives speed")
+    if teacher.info.format != "pixel":
+        raise DreamDistillError(f"{teacher.info.path} is a latent (Stable-Diffusion) teacher; distill needs a "
+                                "pixel-format teacher, since students are saved as pixel-format folders")
+    if teacher.info.guidance_embedding:
+        raise DreamDistillError(f"{teacher.info.path} is a guidance-distilled student; distill the original teacher "
+                                "instead (guided distillation already ends with progressive distillation)")
+    cfg = config.cfg if config.cfg is not None else float(teacher.info.defaults.get("default_cfg", 4.0))
+    config = dataclasses.replace(config, cfg=cfg)
+
+    if config.method == "kd":
+        from dreamdistill.distill.kd import distill_kd as method
+    elif config.method == "pd":
+        from dreamdistill.distill.progressive import distill_pd as method
+    elif config.method == "guided":
+        from dreamdistill.distill.guided import distill_guided as method
+    elif config.method == "dmd":
+        from dreamdistill.distill.dmd import distill_dmd as method
+    else:
+        raise DreamDistillError(f"unknown method {config.method!r}; use one of {', '.join(METHODS)}")
+    student = method(run, teacher, config)
+    out = Path(config.out)
+    if run.is_main:
+        from dreamdistill.config import to_dict
+
+        save_student(teacher, student.unet, out, steps=student.steps, cfg=student.cfg, method=config.method,
+                     guidance_embedding=student.guidance_embedding, extra={"recipe": to_dict(config)})
+        print(f"student written to {out} ({config.method}, {student.steps} step{'s' * (student.steps > 1)}); "
+              f"sample it with: dreamdistill sample \"PROMPT\" --model {out}", flush=True)
+    run.wait()
+    return out

@@ -1,0 +1,270 @@
+"""Distilled students against their teacher on the toy world: Fréchet distance, prompt fidelity, PSNR, speed.
+
+    python benchmarks/distill.py [--teacher toy] [--students students] [--num 2000] [--device cuda]
+                                 [--train [--train-steps N --train-batch B]] [--out benchmarks/results/distill.json]
+
+Rows, all measured in one run on the same N prompts (captions of fresh toy-world renders from a seed
+no training used) and the same N noise tensors:
+- the teacher with classifier-free guidance at 64, 16, 8, 4 and 1 DDIM steps (the baseline);
+- every student found under --students at its own steps and guidance (kd/, pd/, guided/, dmd/, and
+  guided distillation's stage-1 student guided-work/guided-stage1/, one network call per step).
+Columns:
+- fd: Fréchet distance between the evaluator's features of the samples and of the N real renders
+  (fd_floor in the JSON: two independent real sets of N, the smallest FD N samples can show);
+- prompt fidelity: the evaluator's category and colour agree with the prompt (and its view, for
+  categories that have a front), with the per-attribute accuracies;
+- psnr_vs_teacher64: PSNR against the teacher's 64-step CFG DDIM output from the same noise (the ODE
+  solution KD and PD approximate; reported for every row);
+- seconds per image (after a warm-up batch; CUDA synchronised), network evaluations per image, and the
+  speed-up over the 64-step CFG teacher measured in the same run.
+``--train`` first distills any missing student with its preset (configs/distill-*.yaml), shrunk by
+``--train-steps`` / ``--train-batch``. Writes the JSON and a PNG of sample grids (one row per sampler,
+the same prompt and noise in each column) next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dreamdistill.diffusion.teacher import Teacher
+from dreamdistill.errors import DreamDistillError
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = ("kd", "pd", "guided", "dmd")
+TARGETS = {"pd_fd_ratio_max": 1.5, "dmd_fd_ratio_max": 2.0, "guided_fidelity_gap_max_points": 5.0,
+           "pd_speedup_min": 16.0}
+"""Issue 6's acceptance thresholds (ratios to the 64-step CFG teacher measured in the same run)."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="toy", help="teacher folder (default: the embedded toy teacher)")
+    parser.add_argument("--students", type=Path, default=Path("students"),
+                        help="folder holding kd/, pd/, guided/, dmd/ (as written by the presets)")
+    parser.add_argument("--evaluator", type=Path, default=None, help="evaluator folder (default: the shipped one)")
+    parser.add_argument("--num", type=int, default=2000, help="samples per row (and real renders)")
+    parser.add_argument("--batch", type=int, default=250, help="sampling batch size")
+    parser.add_argument("--teacher-steps", default="64,16,8,4,1", help="comma-separated DDIM steps of teacher rows")
+    parser.add_argument("--reference-steps", type=int, default=64, help="teacher steps of the PSNR reference")
+    parser.add_argument("--cfg", type=float, default=None, help="teacher guidance (default: its default_cfg)")
+    parser.add_argument("--seed", type=int, default=2024, help="seed of the real renders, prompts and noise")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--grid", type=int, default=8, help="samples per row in the figure")
+    parser.add_argument("--train", action="store_true", help="distill missing students first (presets)")
+    parser.add_argument("--train-steps", type=int, default=None, help="with --train: loop.steps override")
+    parser.add_argument("--train-batch", type=int, default=None, help="with --train: loop.batch_size override")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --train: extra config override for every method (repeatable)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "distill.json")
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean over images of 10·log10(1 / MSE) for images in [0, 1]."""
+    mse = (images.float() - reference.float()).square().flatten(1).mean(dim=1).clamp(min=1e-10)
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+def prompt_fidelity(predicted: dict[str, torch.Tensor], real) -> dict[str, float]:
+    """Agreement of the evaluator's labels with the prompts' (the real renders' labels): per attribute and all."""
+    category = predicted["category"] == real.category
+    colour = predicted["colour"] == real.colour
+    view = predicted["view"] == real.view
+    fronted = real.fronted
+    everything = category & colour & (view | ~fronted)
+    return {
+        "prompt_fidelity": round(100 * float(everything.float().mean()), 2),
+        "category_accuracy": round(100 * float(category.float().mean()), 2),
+        "colour_accuracy": round(100 * float(colour.float().mean()), 2),
+        "view_accuracy_fronted": round(100 * float(view[fronted].float().mean()), 2) if fronted.any() else None,
+    }
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sample_all(model: Teacher, prompts: list[str], noise: torch.Tensor, steps: int, cfg: float,
+               batch: int) -> tuple[torch.Tensor, float]:
+    """All images (CPU, [0, 1]) and the sampling seconds, timed after an untimed warm-up batch."""
+    model.encode_text(sorted(set(prompts)))  # text embeddings are cached per prompt: keep them out of the timing
+    model.sample(prompts[:batch], steps=steps, guidance_scale=cfg, noise=noise[:batch])
+    synchronise(model.device)
+    started = time.perf_counter()
+    images = [model.sample(prompts[i:i + batch], steps=steps, guidance_scale=cfg, noise=noise[i:i + batch]).cpu()
+              for i in range(0, len(prompts), batch)]
+    synchronise(model.device)
+    return torch.cat(images), time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------------------ figure
+def save_figure(rows: list[tuple[str, torch.Tensor]], path: Path, scale: int = 3) -> Path:
+    """One labelled row of images per sampler (images [n, 3, H, W] in [0, 1]), as a PNG."""
+    from PIL import Image, ImageDraw
+
+    from dreamdistill.fileio import save_image_atomic
+
+    label_width, pad = 190, 2
+    size = rows[0][1].shape[-1] * scale
+    columns = max(images.shape[0] for _, images in rows)
+    canvas = Image.new("RGB", (label_width + columns * (size + pad), len(rows) * (size + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, images) in enumerate(rows):
+        top = r * (size + pad)
+        draw.text((4, top + size // 2 - 6), label, fill="black")
+        images = F.interpolate(images.float(), size=(size, size), mode="nearest")
+        for c, image in enumerate(images):
+            array = (image.clamp(0, 1).permute(1, 2, 0) * 255).round().byte().numpy()
+            canvas.paste(Image.fromarray(array), (label_width + c * (size + pad), top))
+    return save_image_atomic(path, canvas)
+
+
+# ------------------------------------------------------------------------------------------ students
+def train_missing(args: argparse.Namespace, teacher: Teacher, cfg: float) -> None:
+    """Distill every student missing under --students with its preset, at the teacher rows' ``cfg``."""
+    from dreamdistill.config import load_config
+    from dreamdistill.distill import DistillConfig, distill, preset_path
+
+    for method in METHODS:
+        out = args.students / method
+        if (out / "dreamdistill_teacher.json").is_file():
+            continue
+        overrides = [f"teacher={args.teacher}", f"out={out}", f"cfg={cfg}", *args.train_set]
+        if args.train_steps:
+            overrides += [f"loop.steps={args.train_steps}", f"guided.stage1_steps={args.train_steps}"]
+        if args.train_batch:
+            overrides.append(f"loop.batch_size={args.train_batch}")
+        preset = preset_path(method)
+        config = load_config(DistillConfig, preset if preset.is_file() else None, overrides, base={"method": method})
+        print(f"training the {method} student into {out}", flush=True)
+        distill(config, teacher=teacher)
+
+
+def student_rows(students: Path) -> list[tuple[str, Path]]:
+    """(row name, folder) of every student present, in a fixed order."""
+    found = []
+    for name, folder in (("kd", students / "kd"), ("pd", students / "pd"),
+                         ("guided-stage1", students / "guided-work" / "guided-stage1"),
+                         ("guided", students / "guided"), ("dmd", students / "dmd")):
+        if (folder / "dreamdistill_teacher.json").is_file():
+            found.append((name, folder))
+    return found
+
+
+# ------------------------------------------------------------------------------------------ main
+def run(args: argparse.Namespace) -> dict:
+    from dreamdistill.toyworld import render_dataset
+    from dreamdistill.toyworld.evaluator import Evaluator, frechet_distance
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    teacher = Teacher.from_pretrained(args.teacher, device=device, dtype=torch.float32 if args.train else None)
+    cfg = args.cfg if args.cfg is not None else float(teacher.info.defaults.get("default_cfg", 4.0))
+    if args.train:
+        train_missing(args, teacher, cfg)
+        teacher = Teacher.from_pretrained(args.teacher, device=device)
+    teacher_steps = [int(s) for s in args.teacher_steps.split(",") if s.strip()]
+    teacher_steps = [args.reference_steps] + [s for s in teacher_steps if s != args.reference_steps]
+    evaluator = Evaluator.load(args.evaluator, device=device)
+
+    print(f"rendering {args.num} real toy-world images (and {args.num} more for the FD floor)...", flush=True)
+    real = render_dataset(args.num, seed=args.seed)
+    floor = render_dataset(args.num, seed=args.seed + 1)
+    real_features = evaluator.embed(real.images)
+    fd_floor = frechet_distance(real_features, evaluator.embed(floor.images))
+    prompts = real.captions
+    noise = torch.randn((args.num, *teacher.model_shape), generator=torch.Generator().manual_seed(args.seed))
+
+    samplers: list[tuple[str, Teacher, int, float]] = [(f"teacher-{n}", teacher, n, cfg) for n in teacher_steps]
+    for name, folder in student_rows(args.students):
+        student = Teacher.from_pretrained(folder, device=device)
+        defaults = student.info.defaults
+        samplers.append((name, student, int(defaults.get("default_steps", 1)), float(defaults.get("default_cfg", 1.0))))
+
+    rows, figure, reference = [], [("real renders", real.float_images()[: args.grid])], None
+    for name, model, steps, guidance in samplers:
+        print(f"{name}: {steps} steps, cfg {guidance:g}", flush=True)
+        images, seconds = sample_all(model, prompts, noise, steps, guidance, args.batch)
+        if name == f"teacher-{args.reference_steps}":
+            reference = images
+        doubled = guidance != 1.0 and not model.info.guidance_embedding
+        row = {
+            "name": name, "steps": steps, "cfg": guidance, "network_evals_per_image": steps * (2 if doubled else 1),
+            "fd": round(frechet_distance(evaluator.embed(images), real_features), 4),
+            **prompt_fidelity(evaluator.classify(images), real),
+            "psnr_vs_teacher64": round(psnr(images, reference), 3) if reference is not None else None,
+            "seconds_per_image": seconds / args.num,
+            "folder": str(model.info.path),
+        }
+        rows.append(row)
+        figure.append((f"{name} ({steps} step{'s' * (steps > 1)})", images[: args.grid]))
+        print("  " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("name", "folder")), flush=True)
+
+    by_name = {row["name"]: row for row in rows}
+    base = by_name[f"teacher-{args.reference_steps}"]
+    for row in rows:
+        row["speedup_vs_teacher64"] = round(base["seconds_per_image"] / row["seconds_per_image"], 2)
+        row["fd_ratio_vs_teacher64"] = round(row["fd"] / base["fd"], 3) if base["fd"] > 0 else math.inf
+    checks = acceptance(by_name, base)
+    figure_path = args.out.with_suffix(".png")
+    save_figure(figure, figure_path)
+    return {
+        "command": "python benchmarks/distill.py " + " ".join(sys.argv[1:]),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "teacher": str(teacher.info.path), "cfg": cfg, "num_samples": args.num, "seed": args.seed,
+        "fd_floor": round(fd_floor, 4), "rows": rows, "checks": checks, "targets": TARGETS,
+        "figure": str(figure_path),
+    }
+
+
+def acceptance(by_name: dict[str, dict], base: dict) -> dict:
+    """Issue 6's criteria, from this run's rows (None where a row is missing)."""
+    checks: dict = {}
+    pd, teacher4, dmd = by_name.get("pd"), by_name.get("teacher-4"), by_name.get("dmd")
+    if pd:
+        checks["pd_fd_ratio"] = pd["fd_ratio_vs_teacher64"]
+        checks["pd_fd_ok"] = pd["fd_ratio_vs_teacher64"] <= TARGETS["pd_fd_ratio_max"] and (
+            teacher4 is None or pd["fd"] < teacher4["fd"])
+        checks["pd_speedup"] = pd["speedup_vs_teacher64"]
+        checks["pd_speedup_ok"] = pd["speedup_vs_teacher64"] >= TARGETS["pd_speedup_min"]
+    if dmd:
+        checks["dmd_fd_ratio"] = dmd["fd_ratio_vs_teacher64"]
+        checks["dmd_fd_ok"] = dmd["fd_ratio_vs_teacher64"] <= TARGETS["dmd_fd_ratio_max"]
+    for name in ("guided-stage1", "guided"):
+        if name in by_name:
+            gap = round(base["prompt_fidelity"] - by_name[name]["prompt_fidelity"], 2)
+            checks[f"{name}_fidelity_gap_points"] = gap
+            checks[f"{name}_fidelity_ok"] = gap <= TARGETS["guided_fidelity_gap_max_points"]
+    return checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.num < 2 or args.batch < 1:
+            raise DreamDistillError("--num must be at least 2 (a Fréchet distance needs a covariance) and --batch ≥ 1")
+        result = run(args)
+    except DreamDistillError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from dreamdistill.fileio import write_json_atomic
+
+    write_json_atomic(args.out, result)
+    print(json.dumps(result["checks"], indent=2))
+    print(f"wrote {args.out} and {result['figure']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

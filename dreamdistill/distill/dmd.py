@@ -1,0 +1,152 @@
+"""Distribution matching distillation (Yin et al. 2024), i.e. 2D VSD with a one-step generator.
+
+A one-step generator G(z; y) = x̂0 of a teacher-initialised UNet at t = T − 1 (pure noise in) is
+trained to minimise KL(p_G ‖ p_real). Its gradient at a generated image x, noised to x_t at a random
+t, is the difference of two denoisers: the real one (the frozen CFG teacher) and a fake one (a
+LoRA on a copy of the teacher, or a full copy) that tracks the generator's own distribution by
+denoising score matching on generator samples, with several fake steps per generator step.
+In x0 form (DMD eq. 7–8):
+
+    grad = (x̂0_fake(x_t) − x̂0_real(x_t)) / mean_pixels |x − x̂0_real(x_t)|,
+
+which is (α_t/σ_t)(ε̂_real − ε̂_fake) up to the normaliser, i.e. σ_t²/α_t (s_fake − s_real) with scores
+s = −ε/σ: descending it moves x towards the real denoiser's x̂0 and away from the fake one's (the
+VSD direction ε̂_teacher − ε̂_critic; DESIGN.md's "(ε̂_fake − ε̂_real)" is the score difference).
+An optional regression loss ‖G(z_i) − x0_i‖² to cached teacher rollouts keeps the modes (DMD §3.3).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import nn
+
+from dreamdistill.diffusion.schedule import add_noise, output_from_x0_eps
+from dreamdistill.diffusion.teacher import Teacher
+from dreamdistill.distill.loop import Run, StepContext
+from dreamdistill.distill.student import Denoiser, TrainedStudent, generate, predict_x0, trainable_copy
+
+if TYPE_CHECKING:
+    from dreamdistill.distill import DistillConfig
+
+
+@dataclass
+class DMDConfig:
+    """Distribution matching distillation settings."""
+
+    fake_steps: int = 4
+    """Fake-score updates per generator update (two time-scale updates)."""
+    fake: Literal["lora", "copy"] = "lora"
+    """Fake score network: a LoRA (peft) on a frozen copy of the teacher UNet, or a fully trained copy."""
+    lora_rank: int = 16
+    """Rank of the fake score's LoRA."""
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
+    """UNet module names that get LoRA adapters (attention projections and ResNet convolutions)."""
+    fake_learning_rate: float | None = None
+    """Learning rate of the fake score (None: loop.learning_rate)."""
+    t_range: tuple[float, float] = (0.02, 0.98)
+    """Fraction of [0, T) from which the distribution-matching timesteps are drawn."""
+    regression_weight: float = 0.25
+    """Weight of the regression loss to cached teacher rollouts (0: off, no rollouts are computed)."""
+
+
+# ------------------------------------------------------------------------------------------- pure math
+def dmd_gradient(*, x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> torch.Tensor:
+    """DMD gradient, eq. (x̂0_fake − x̂0_real) / mean|x − x̂0_real| per sample (Yin et al. 2024, eq. 7–8)."""
+    normaliser = (x - x0_real).abs().flatten(1).mean(dim=1).clamp(min=1e-6)
+    grad = (x0_fake - x0_real) / normaliser.reshape(-1, *([1] * (x.dim() - 1)))
+    return torch.nan_to_num(grad)
+
+
+def gradient_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Surrogate ½‖x − sg(x − grad)‖² (mean over elements), whose gradient in x is grad / numel."""
+    return 0.5 * (x.float() - (x - grad).detach().float()).square().mean()
+
+
+def denoising_loss(output: torch.Tensor, *, x0: torch.Tensor, eps: torch.Tensor, alpha, sigma,
+                   prediction_type: str) -> torch.Tensor:
+    """Denoising score matching, eq. E ‖f(x_t, t) − target(x0, ε)‖² in the network's prediction type."""
+    target = output_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma, prediction_type=prediction_type)
+    return (output.float() - target.float()).square().mean()
+
+
+# ------------------------------------------------------------------------------------------- networks
+def fake_score(teacher: Teacher, config: DMDConfig) -> nn.Module:
+    """The fake score network, initialised as the teacher: a full trainable copy, or LoRA adapters on a frozen one."""
+    if config.fake == "copy":
+        return trainable_copy(teacher.unet)
+    from peft import LoraConfig
+
+    fake = copy.deepcopy(teacher.unet).float().requires_grad_(False)
+    fake.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
+                                target_modules=list(config.lora_targets), init_lora_weights=True))
+    return fake.train()
+
+
+def _dmd_step(teacher: Teacher, prompts: list[str], pairs, timestep: int, config: DistillConfig):
+    batch_size, dmd = config.loop.batch_size, config.dmd
+    num_train = teacher.schedule.num_train_timesteps
+    t_low = int(dmd.t_range[0] * num_train)
+    t_high = max(int(dmd.t_range[1] * num_train), t_low + 1)
+    real = Denoiser(teacher.unet, "cfg")
+    shape = teacher.model_shape
+
+    def draw_prompts(ctx: StepContext) -> torch.Tensor:
+        return teacher.encode_text([prompts[i] for i in ctx.randint(len(prompts), batch_size).tolist()])
+
+    def step(ctx: StepContext) -> dict[str, float]:
+        generator, fake = ctx.models["generator"], ctx.models["fake"]
+        for _ in range(dmd.fake_steps):  # the fake score follows the generator's current distribution
+            text = draw_prompts(ctx)
+            with torch.no_grad():
+                x = generate(teacher, generator, ctx.randn(batch_size, *shape), text, timestep)
+            t = ctx.randint(num_train, batch_size).to(ctx.device)
+            eps = ctx.randn(batch_size, *shape)
+            alpha, sigma = teacher.schedule.alpha_sigma(t)
+            x_t = add_noise(x0=x, eps=eps, alpha=alpha, sigma=sigma)
+            fake_loss = denoising_loss(teacher.model_output(x_t, t, text, fake), x0=x, eps=eps, alpha=alpha,
+                                       sigma=sigma, prediction_type=teacher.prediction_type)
+            ctx.update("fake", fake_loss)
+
+        text = draw_prompts(ctx)
+        noise = ctx.randn(batch_size, *shape)
+        if pairs is not None:  # one generator call for both losses (DDP allows one forward per backward)
+            pair_x0, pair_prompts, pair_noise = pairs.batch(ctx.randint(len(pairs), batch_size), ctx.device)
+            noise, text = torch.cat([noise, pair_noise]), torch.cat([text, teacher.encode_text(pair_prompts)])
+        x_all = generate(teacher, generator, noise, text, timestep)
+        x, text = x_all[:batch_size], text[:batch_size]
+        t = (t_low + ctx.randint(t_high - t_low, batch_size)).to(ctx.device)
+        alpha, sigma = teacher.schedule.alpha_sigma(t)
+        x_t = add_noise(x0=x.detach(), eps=ctx.randn(batch_size, *shape), alpha=alpha, sigma=sigma)
+        with torch.no_grad():
+            x0_real = predict_x0(teacher, real, x_t, t, text, config.cfg)
+            x0_fake = predict_x0(teacher, Denoiser(fake, "none"), x_t, t, text)
+        loss = dmd_loss = gradient_loss(x, dmd_gradient(x=x.detach(), x0_real=x0_real, x0_fake=x0_fake))
+        losses = {"dmd": dmd_loss.item(), "fake": fake_loss.item()}
+        if pairs is not None:
+            regression = (x_all[batch_size:] - pair_x0).square().mean()
+            loss = loss + dmd.regression_weight * regression
+            losses["regression"] = regression.item()
+        ctx.update("generator", loss)
+        return losses
+
+    return step
+
+
+def distill_dmd(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStudent:
+    """Train the one-step generator and its fake score together; returns the generator."""
+    from dreamdistill.distill.data import teacher_rollouts, training_prompts
+    from dreamdistill.distill.student import student_schedule
+
+    prompts = training_prompts(teacher, config.prompts)
+    pairs = None
+    if config.dmd.regression_weight > 0:
+        pairs = teacher_rollouts(run, teacher, prompts, config.cfg, config.data)
+    timestep = int(student_schedule(teacher).timesteps(1)[0])
+    modules = {"generator": trainable_copy(teacher.unet), "fake": fake_score(teacher, config.dmd)}
+    rates = {"fake": config.dmd.fake_learning_rate} if config.dmd.fake_learning_rate else None
+    trained = run.phase("dmd", modules, _dmd_step(teacher, prompts, pairs, timestep, config), rates)
+    return TrainedStudent(trained["generator"], steps=1, cfg=1.0)

@@ -1,0 +1,218 @@
+"""The training loop every distillation method shares: accelerate, checkpoint/resume, progress bars.
+
+A run is a sequence of *phases* (one PD round, guided stage 1, the whole KD or DMD run). A phase
+trains a few named modules for ``LoopConfig.steps`` optimiser steps with a method's ``step_fn``
+and checkpoints them atomically to ``WORK_DIR/PHASE.pt`` every ``checkpoint_every`` steps.
+Rerunning the same command skips finished phases and resumes the current one. Each step draws
+its randomness from its own generator, seeded by (seed, phase, step, process), so a resumed run
+repeats the uninterrupted one exactly.
+
+The same code runs on one CPU, one GPU, or many GPUs under ``accelerate launch``: modules and
+optimisers go through ``Accelerator.prepare`` (gradients are averaged across processes),
+``batch_size`` is per process, and only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from dreamdistill.errors import DreamDistillError
+from dreamdistill.fileio import torch_save_atomic
+
+
+@dataclass
+class LoopConfig:
+    """Optimisation and bookkeeping settings shared by every method."""
+
+    steps: int = 2000
+    """Optimiser steps per phase (each PD round, guided stage 1, the whole KD or DMD run)."""
+    batch_size: int = 64
+    """Samples per step and per process."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate (no weight decay)."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up at the start of each phase; constant afterwards."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm of each module to this (0: no clipping)."""
+    checkpoint_every: int = 250
+    """Write WORK_DIR/PHASE.pt this often (and at the end of every phase)."""
+    log_every: int = 25
+    """Append the step's losses to WORK_DIR/log.jsonl this often."""
+    seed: int = 0
+    """Seeds every random draw (data, noise, timesteps, guidance weights)."""
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast of the forward passes (accelerate's mixed precision); weights stay float32."""
+    device: Literal["auto", "cpu"] = "auto"
+    """auto: accelerate's choice (this process's GPU when there is one, else the CPU); cpu: force the CPU."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default)."""
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup_steps``, then 1."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def step_seed(seed: int, phase: str, step: int, process: int) -> int:
+    """A stable seed for one (phase, step, process); independent of Python's hash randomisation."""
+    return zlib.crc32(f"{seed}/{phase}/{step}/{process}".encode())
+
+
+@dataclass
+class StepContext:
+    """What a method's ``step_fn`` gets for one optimiser step."""
+
+    step: int
+    generator: torch.Generator
+    """The step's own CPU generator: draw every random number from it."""
+    models: dict[str, nn.Module]
+    """The phase's modules as prepared by accelerate (call these, not the originals)."""
+    device: torch.device
+    accelerator: object
+    optimizers: dict[str, torch.optim.Optimizer] = field(repr=False, default_factory=dict)
+    grad_clip: float = 0.0
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal noise on the training device."""
+        return torch.randn(shape, generator=self.generator).to(self.device)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) numbers on the training device."""
+        return torch.rand(shape, generator=self.generator).to(self.device)
+
+    def randint(self, high: int, size: int) -> torch.Tensor:
+        """Integers in [0, high) on the CPU (indices into CPU data and timestep tables)."""
+        return torch.randint(high, (size,), generator=self.generator)
+
+    def update(self, name: str, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` and take one optimiser step of module ``name``."""
+        optimizer = self.optimizers[name]
+        self.accelerator.backward(loss)
+        if self.grad_clip > 0:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            self.accelerator.clip_grad_norm_(params, self.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+StepFunction = Callable[[StepContext], dict[str, float]]
+"""One optimiser step of a method: draws a batch, calls ``ctx.update`` and returns losses to log."""
+
+
+class Run:
+    """One distillation run: the accelerator, the work folder and the phases already trained."""
+
+    def __init__(self, config: LoopConfig, work_dir: str | Path):
+        from accelerate import Accelerator
+
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.config = config
+        self.work_dir = Path(work_dir)
+        self.accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision=config.mixed_precision)
+        if self.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.wait()
+        torch.manual_seed(config.seed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def wait(self) -> None:
+        """Barrier across processes (no-op with one process)."""
+        self.accelerator.wait_for_everyone()
+
+    def log(self, record: dict) -> None:
+        if self.is_main:
+            with open(self.work_dir / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+
+    def phase(self, name: str, modules: dict[str, nn.Module], step_fn: StepFunction,
+              learning_rates: dict[str, float] | None = None) -> dict[str, nn.Module]:
+        """Train ``modules`` for ``config.steps`` steps (resuming from WORK_DIR/NAME.pt); returns them unwrapped.
+
+        A finished phase is loaded from its checkpoint and skipped. Every parameter with
+        ``requires_grad`` gets an AdamW optimiser; ``learning_rates`` overrides the rate per module.
+        """
+        config, accelerator = self.config, self.accelerator
+        path = self.work_dir / f"{name}.pt"
+        state = torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+        if state is not None:
+            if set(state["modules"]) != set(modules):
+                raise DreamDistillError(f"{path} holds other modules ({', '.join(state['modules'])}); "
+                                        "delete the work folder or pass another --work-dir")
+            for key, module in modules.items():
+                module.load_state_dict(state["modules"][key])
+            if state["step"] >= config.steps:
+                if self.is_main:
+                    print(f"{name}: finished earlier ({path}); skipping", flush=True)
+                return {key: module.to(self.device).eval().requires_grad_(False) for key, module in modules.items()}
+        start = state["step"] if state is not None else 0
+
+        rates = {key: (learning_rates or {}).get(key, config.learning_rate) for key in modules}
+        optimizers = {}
+        for key, module in modules.items():
+            params = [p for p in module.parameters() if p.requires_grad]
+            if not params:
+                raise DreamDistillError(f"phase {name}: module {key!r} has no trainable parameters")
+            optimizers[key] = torch.optim.AdamW(params, lr=rates[key], weight_decay=0.0)
+            if state is not None and key in state.get("optimizers", {}):
+                optimizers[key].load_state_dict(state["optimizers"][key])
+        keys = list(modules)
+        prepared = accelerator.prepare(*[modules[k] for k in keys], *[optimizers[k] for k in keys])
+        prepared = prepared if isinstance(prepared, (list, tuple)) else (prepared,)
+        models = dict(zip(keys, prepared[: len(keys)]))
+        prepared_optimizers = dict(zip(keys, prepared[len(keys):]))
+
+        def save(step: int, finished: bool) -> None:
+            if self.is_main:
+                checkpoint = {"step": step, "modules": {k: accelerator.unwrap_model(m).state_dict()
+                                                        for k, m in models.items()}}
+                if not finished:  # a finished phase needs only its weights
+                    checkpoint["optimizers"] = {k: o.state_dict() for k, o in prepared_optimizers.items()}
+                torch_save_atomic(path, checkpoint)
+            self.wait()
+
+        from tqdm.auto import tqdm
+
+        if start and self.is_main:
+            print(f"{name}: resuming from {path} at step {start}", flush=True)
+        bar = tqdm(total=config.steps, initial=start, desc=name, unit="step", disable=not self.is_main,
+                   dynamic_ncols=True)
+        started = time.time()
+        for step in range(start, config.steps):
+            for key, optimizer in prepared_optimizers.items():
+                for group in optimizer.param_groups:
+                    group["lr"] = rates[key] * warmup_factor(step, config.warmup_steps)
+            for model in models.values():
+                model.train()
+            generator = torch.Generator().manual_seed(step_seed(config.seed, name, step, accelerator.process_index))
+            context = StepContext(step, generator, models, self.device, accelerator, prepared_optimizers,
+                                  config.grad_clip)
+            with accelerator.autocast():
+                losses = step_fn(context)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
+            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                self.log({"phase": name, "step": step + 1, "elapsed_s": round(time.time() - started, 1), **losses})
+            if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+                save(step + 1, finished=False)
+        bar.close()
+        save(config.steps, finished=True)
+        trained = {key: accelerator.unwrap_model(model).eval().requires_grad_(False) for key, model in models.items()}
+        accelerator.free_memory()  # drop accelerate's references to this phase's modules and optimisers
+        return trained
