@@ -29,8 +29,36 @@ def prompt_fidelity(predicted: dict[str, torch.Tensor], wanted: dict[str, torch.
     for key in ("category", "colour"):
         named = wanted[key] >= 0
         result[key] = float((predicted[key][named] == wanted[key][named]).float().mean()) if named.any() else None
-    fronted = torch.tensor([CATEGORIES[c] in FRONTED_CATEGORIES if c >= 0 else False for c in wanted["category"]])
+    fronted = torch.tensor([CATEGORIES[c] in FRONTED_CATEGORIES if c >= 0 else False
+                            for c in wanted["category"].tolist()], dtype=torch.bool)
     scored = fronted & (wanted["view"] >= 0)
     view_ok = predicted["view"][scored] == wanted["view"][scored]
     result["view"] = float(view_ok.float().mean()) if scored.any() else None
     return result
+
+
+def r_precision(predicted: dict[str, torch.Tensor], prompt: str) -> float | None:
+    """Share of renders classified as the prompt's category and colour (a missing word is not checked).
+
+    None when the prompt names no toy-world category.
+    """
+    wanted = prompt_labels([prompt])
+    category, colour = int(wanted["category"][0]), int(wanted["colour"][0])
+    if category < 0:
+        return None
+    hit = predicted["category"] == category
+    if colour >= 0:
+        hit = hit & (predicted["colour"] == colour)
+    return float(hit.float().mean())
+
+
+def view_consistency(predicted_views: torch.Tensor, camera_views: list[str], prompt: str) -> float | None:
+    """Share of renders whose predicted view equals the camera's view label (the multi-face "Janus" test).
+
+    Scored only for categories with a front; None otherwise.
+    """
+    category = int(prompt_labels([prompt])["category"][0])
+    if category < 0 or CATEGORIES[category] not in FRONTED_CATEGORIES:
+        return None
+    expected = torch.tensor([VIEWS.index(v) for v in camera_views])
+    return float((predicted_views.cpu() == expected).float().mean())

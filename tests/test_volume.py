@@ -1,0 +1,154 @@
+"""Volume renderer: geometry of an analytic sphere, compositing, occupancy skipping, shading, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dreamdistill.render.cameras import Cameras, generate_rays, orbit_cameras
+from dreamdistill.render.occupancy import OccupancyGrid
+from dreamdistill.render.volume import (
+    DEFAULT_STEP_SIZE,
+    Light,
+    exclusive_transmittance,
+    march,
+    ray_box_intersection,
+    render,
+    sample_lights,
+)
+from dreamdistill.scene.analytic import AnalyticField, AnalyticScene, Sphere, default_scene
+from dreamdistill.scene.background import Background
+from dreamdistill.scene.field import Field
+from dreamdistill.scene.hashgrid import HashGrid
+
+RADIUS = 0.5
+
+
+def sphere_scene() -> AnalyticScene:
+    return AnalyticScene([Sphere(center=(0.0, 0.0, 0.0), radius=RADIUS, color=(0.8, 0.4, 0.2))])
+
+
+def cameras() -> Cameras:
+    return Cameras(
+        azimuth=torch.tensor([0.0, 90.0, -135.0]),
+        elevation=torch.tensor([15.0, 70.0, -10.0]),
+        distance=torch.tensor([3.3, 3.0, 3.6]),
+        fov=torch.tensor([40.0, 36.0, 44.0]),
+    )
+
+
+def test_ray_box_intersection():
+    origins = torch.tensor([[-3.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    directions = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    near, far = ray_box_intersection(origins, directions)
+    assert near.tolist()[:2] == [2.0, 0.0] and far.tolist()[:2] == [4.0, 1.0]
+    assert far[2] <= near[2]  # a miss
+
+
+def test_sphere_silhouette_and_depth():
+    scene, cams, resolution = sphere_scene(), cameras(), 32
+    out = render(AnalyticField(scene, density=1000.0), None, cams, resolution)
+    _, mask, depth = scene.render(cams, resolution)
+    assert out.image.shape == (3, 3, resolution, resolution) and out.opacity.shape == (3, 1, resolution, resolution)
+    silhouette = out.opacity > 0.5
+    agreement = (silhouette == (mask > 0.5)).float().mean()
+    assert agreement > 0.99
+    hit = (mask > 0.5) & (out.opacity > 0.99)
+    assert hit.sum() > 0.8 * mask.sum()
+    expected_depth = depth[hit]
+    rendered_depth = (out.depth / out.opacity.clamp(min=1e-6))[hit]
+    assert (rendered_depth - expected_depth).abs().max() < DEFAULT_STEP_SIZE
+    # the sphere's albedo shows where it is hit, black background elsewhere
+    assert torch.allclose(out.image[:, :, hit[0, 0]][0].T, torch.tensor([0.8, 0.4, 0.2]), atol=0.02)
+    assert out.image[~silhouette.expand_as(out.image)].abs().max() < 1e-3
+
+
+def test_transmittance_matches_nerfacc_batched_scan():
+    nerfacc = pytest.importorskip("nerfacc")
+    generator = torch.Generator().manual_seed(0)
+    sigmas = torch.rand(5, 9, generator=generator) * 20 * (torch.rand(5, 9, generator=generator) > 0.3)
+    t_starts = torch.arange(9.0).expand(5, 9) * 0.1
+    weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_starts + 0.1, sigmas)
+    rays, columns = torch.nonzero(torch.ones(5, 9), as_tuple=True)
+    sigma_delta = sigmas[rays, columns] * 0.1
+    ours = exclusive_transmittance(sigma_delta, rays, columns, 5, 9) * (1 - torch.exp(-sigma_delta))
+    torch.testing.assert_close(ours, weights[rays, columns], rtol=1e-5, atol=1e-6)
+
+
+def test_occupancy_skips_empty_space_without_changing_the_image():
+    scene, cams = default_scene(), orbit_cameras(2)
+    field = AnalyticField(scene)
+    grid = OccupancyGrid(resolution=32)
+    assert grid.occupied_fraction == 1.0  # nothing skipped before the first update
+    grid.update(field.density, DEFAULT_STEP_SIZE)
+    assert 0.02 < grid.occupied_fraction < 0.3
+    sphere = scene.primitives[0]
+    cell_diagonal = 2 / 32 * math.sqrt(3)  # cells wholly inside the sphere must be occupied
+    points = torch.nn.functional.normalize(torch.randn(2000, 3), dim=-1) * torch.rand(2000, 1)
+    points = points * (sphere.radius - cell_diagonal) + torch.tensor(sphere.center)
+    assert grid.occupied(points).all()
+    assert not grid.occupied(torch.tensor([[0.9, -0.9, 0.9], [-0.9, -0.9, -0.9]])).any()
+    full = render(field, torch.ones(3), cams, 24)
+    skipped = render(field, torch.ones(3), cams, 24, occupancy=grid)
+    assert skipped.samples < 0.5 * full.samples
+    torch.testing.assert_close(skipped.image, full.image, atol=0.02, rtol=0)
+
+
+def test_march_is_sorted_and_inside_the_box():
+    origins, directions = (t.reshape(-1, 3) for t in generate_rays(orbit_cameras(1), 8))
+    rays, t, columns, steps = march(origins, directions, 0.05, stratified=True)
+    assert (rays[1:] >= rays[:-1]).all()
+    same_ray = rays[1:] == rays[:-1]
+    assert (t[1:][same_ray] > t[:-1][same_ray]).all() and (columns < steps).all()
+    points = origins[rays] + t[:, None] * directions[rays]
+    assert points.abs().max() <= 1.0 + 1e-5
+
+
+def test_shading_modes_on_a_sphere():
+    scene, cams, resolution = sphere_scene(), orbit_cameras(1), 32
+    field = AnalyticField(scene, density=1000.0)
+    headlight = Light(position=cams.positions * 2, ambient=torch.tensor([0.1]))
+    plain = render(field, None, cams, resolution, shading="textureless", light=headlight)
+    centre = plain.image[0, :, resolution // 2, resolution // 2]
+    assert torch.allclose(centre, torch.ones(3), atol=0.05)  # facing the light
+    row = plain.image[0, 0, resolution // 2]
+    edge = row[plain.opacity[0, 0, resolution // 2] > 0.99][0]
+    assert 0.1 <= edge < 0.6  # grazing light at the silhouette
+    diffuse = render(field, None, cams, resolution, shading="diffuse", light=headlight, return_normals=True)
+    albedo = render(field, None, cams, resolution)
+    torch.testing.assert_close(diffuse.image, albedo.image * plain.image, atol=2e-3, rtol=0)
+    assert diffuse.normal is not None and diffuse.normal.shape == (1, 3, resolution, resolution)
+    lights = sample_lights(orbit_cameras(4), torch.Generator().manual_seed(0))
+    assert lights.position.shape == (4, 3) and (lights.position.norm(dim=-1) > 1.5).all()
+
+
+def test_gradients_reach_grid_and_mlp():
+    torch.manual_seed(0)
+    grid = HashGrid(levels=4, log2_table_size=12, base_resolution=8, max_resolution=64)
+    field, background = Field(grid=grid, hidden_dim=32), Background("learned")
+    field.train()
+    out = render(field, background, orbit_cameras(1), 16, shading="diffuse", light=sample_lights(orbit_cameras(1)))
+    assert out.image.shape == (1, 3, 16, 16) and 0 <= out.image.min() and out.image.max() <= 1
+    assert out.opacity.mean() > 0.05  # the initial blob is visible
+    out.image.mean().backward()
+    assert field.grid.params.grad is not None and field.grid.params.grad.abs().sum() > 0
+    for parameter in list(field.mlp.parameters()) + list(background.parameters()):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+
+
+def test_empty_field_shows_the_background():
+    class Empty:
+        def __call__(self, x):
+            return torch.zeros(x.shape[0]), torch.zeros_like(x)
+
+        def density(self, x):
+            return torch.zeros(x.shape[0])
+
+        def normals(self, x):
+            return torch.zeros_like(x)
+
+    out = render(Empty(), torch.tensor([0.1, 0.2, 0.3]), orbit_cameras(2), 8)
+    assert torch.allclose(out.image, torch.tensor([0.1, 0.2, 0.3])[None, :, None, None].expand(2, 3, 8, 8))
+    assert out.opacity.abs().max() == 0 and math.isclose(float(out.depth.abs().max()), 0.0)
