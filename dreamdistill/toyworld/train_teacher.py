@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -182,7 +183,8 @@ def train_teacher(config: TeacherTrainConfig) -> Path:
     bar = tqdm(total=config.steps, initial=step, desc="train-teacher", unit="step")
     started = time.time()
     unet.train()
-    while step < config.steps:
+    stop = _StopRequest()
+    while step < config.steps and not stop.requested:
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         index = torch.randint(0, num_images, (config.batch_size,), generator=generator)
         x0 = (images[index].float() / 127.5 - 1).to(device)
@@ -209,9 +211,31 @@ def train_teacher(config: TeacherTrainConfig) -> Path:
         if step % config.preview_every == 0:
             export(work_dir / "latest")
     bar.close()
+    stop.restore()
+    if stop.requested:
+        save_checkpoint()
+        export(work_dir / "latest")
+        print(f"stopped at step {step}: checkpoint saved, {work_dir / 'latest'} exported; "
+              "run the same command to resume", flush=True)
+        return work_dir / "latest"
     export(Path(config.out))
     print(f"teacher written to {config.out} ({step} steps, MiniLM text encoder {MINILM_NAME})", flush=True)
     return Path(config.out)
+
+
+class _StopRequest:
+    """SIGTERM / SIGINT set a flag, so the loop checkpoints and exports at the end of the current step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def toy_vocabulary() -> dict[str, list[str]]:
