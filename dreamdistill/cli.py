@@ -39,9 +39,11 @@ def main_parser() -> argparse.ArgumentParser:
         description="Text-to-3D by score distillation. Subcommands: " + ", ".join(SUBCOMMANDS)
         + " (run `dreamdistill SUBCOMMAND --help`).",
     )
-    parser.add_argument("prompt", help='what to make, e.g. "a red chair"')
+    parser.add_argument("prompt", nargs="?", default=None,
+                        help='what to make, e.g. "a red chair" (not needed with --resume)')
     parser.add_argument("--guidance", choices=("sds", "vsd"), default=None, help="score distillation variant")
-    parser.add_argument("--teacher", default="toy", help="toy (embedded), a folder, or a cached hub id")
+    parser.add_argument("--teacher", default=None,
+                        help="toy (embedded), a folder, or a cached hub id (default: the preset's, else toy)")
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", default="runs", help="parent folder of the run directory")
@@ -54,20 +56,14 @@ def main_parser() -> argparse.ArgumentParser:
 
 
 def run_text_to_3d(args: argparse.Namespace) -> int:
-    if not args.prompt.strip():
+    if args.resume is None and not (args.prompt or "").strip():
         raise DreamDistillError('empty prompt: pass what to make, e.g. dreamdistill "a red chair"')
-    _check_writable(Path(args.out))
-    try:
-        from dreamdistill import lift3d
-    except ImportError:
-        lift3d = None
-    if lift3d is None:
-        from dreamdistill.diffusion.teacher import resolve_teacher_path
+    if args.resume is None:
+        _check_writable(Path(args.out))
+    elif not os.access(args.resume, os.W_OK):
+        raise DreamDistillError(f"cannot resume {args.resume}: it does not exist or is not writable")
+    from dreamdistill import lift3d
 
-        resolve_teacher_path(args.teacher)
-        print("text-to-3D (SDS/VSD optimisation and mesh export) is not yet available in this version; "
-              "`dreamdistill sample` draws 2D samples from the teacher.")
-        return 0
     return lift3d.main(args)
 
 
@@ -197,6 +193,33 @@ def run_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dreamdistill export",
+                                     description="Write meshes of a text-to-3D run from its checkpoint.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder made by `dreamdistill PROMPT`")
+    parser.add_argument("--format", default="glb,obj,ply", help="comma-separated: glb, obj, ply")
+    parser.add_argument("--resolution", type=int, default=256, help="marching-cubes samples along the longest side")
+    parser.add_argument("--threshold", type=float, default=None, help="density level (default: automatic)")
+    _device_argument(parser)
+    return parser
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from dreamdistill.export import FORMATS
+    from dreamdistill.lift3d import export_run
+
+    formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if not formats or unknown:
+        raise DreamDistillError(f"--format {args.format!r}: choose from {', '.join(FORMATS)}")
+    if not os.access(args.run_dir, os.W_OK):
+        raise DreamDistillError(f"cannot export into {args.run_dir}: it does not exist or is not writable")
+    written = export_run(args.run_dir, formats, args.resolution, args.threshold, args.device)
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
 # ------------------------------------------------------------- not yet available
 def _not_yet(name: str):
     def run(argv: list[str]) -> int:
@@ -215,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_train_teacher(train_teacher_parser().parse_args(argv[1:]))
         if argv and argv[0] == "distill":
             return run_distill(distill_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "export":
+            return run_export(export_parser().parse_args(argv[1:]))
         if argv and argv[0] in SUBCOMMANDS:
             return _not_yet(argv[0])(argv[1:])
         return run_text_to_3d(main_parser().parse_args(argv))

@@ -1,0 +1,130 @@
+"""Text-to-3D quality and time: SDS and VSD on a fixed list of toy-world prompts, side by side.
+
+    python benchmarks/text_to_3d.py [--methods sds,vsd] [--prompts N] [--steps S] [--teacher toy]
+                                    [--set KEY=VALUE ...] [--runs DIR] [--out PATH]
+
+Each (prompt, method) pair is one ``dreamdistill PROMPT --guidance METHOD`` run with the shipped toy preset
+(configs/toy-METHOD.yaml, overrides applied to both). Per run: R-precision (8 orbit renders at elevation 15°
+classified as the prompt's category and colour by the toy evaluator), view consistency (fronted categories:
+predicted view = camera's view label), mesh statistics and wall time. Per method: means, and which method
+is better (higher mean R-precision, then view consistency). Targets (issue 5): for the better method, mean
+R-precision ≥ 0.8 and mean view consistency ≥ 0.6; the default preset should be that method.
+Writes ``benchmarks/results/text_to_3d.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from dreamdistill.config import load_config, save_yaml
+from dreamdistill.fileio import write_json_atomic
+from dreamdistill.lift3d import DEFAULT_METHOD, LiftConfig, Lifter, configs_dir, create_run_dir, load_teacher, optimise
+
+PROMPTS = (
+    "a red chair",
+    "a blue mug",
+    "a green car",
+    "a yellow house",
+    "a purple bed",
+    "a gray snowman",
+    "an orange table",
+    "a pink lamp",
+    "a brown chair",
+    "a blue car",
+)
+"""Fixed prompts: every toy category (tables and lamps have no front: no view consistency), varied colours."""
+TARGET_R_PRECISION = 0.8
+TARGET_VIEW_CONSISTENCY = 0.6
+
+
+def mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.fmean(present), 4) if present else None
+
+
+def run_one(prompt: str, method: str, args: argparse.Namespace) -> dict:
+    preset = configs_dir() / f"toy-{method}.yaml"
+    config = load_config(LiftConfig, preset, list(args.overrides))
+    changes = {"prompt": prompt, "method": method, "teacher": args.teacher, "device": args.device}
+    if args.steps:
+        changes["steps"] = args.steps
+    config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+    teacher = load_teacher(config)  # fresh per run: VSD adds its critic adapter to the teacher's UNet
+    run_dir = create_run_dir(Path(args.runs), f"{method}-{prompt}")
+    save_yaml(config, run_dir / "config.yaml")
+    start = time.perf_counter()
+    result = optimise(Lifter(config, teacher), run_dir, progress_bar=not args.quiet)
+    metrics = result["metrics"]
+    return {"prompt": prompt, "method": method, "run_dir": str(run_dir), "wall_seconds": round(
+        time.perf_counter() - start, 1), "optimisation_seconds": metrics["seconds"], "steps": metrics["steps"],
+        "r_precision": metrics["r_precision"], "view_consistency": metrics["view_consistency"],
+        "mesh": metrics["mesh"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="sds,vsd")
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N prompts")
+    parser.add_argument("--steps", type=int, default=None, help="override the presets' steps")
+    parser.add_argument("--teacher", default=None, help="default: the presets' (toy)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--runs", default="runs/benchmark-text-to-3d", help="parent folder of the run folders")
+    parser.add_argument("--out", default="benchmarks/results/text_to_3d.json")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    runs, per_method = [], {}
+    began = time.perf_counter()
+    for method in methods:
+        for prompt in PROMPTS[: args.prompts]:
+            record = run_one(prompt, method, args)
+            runs.append(record)
+            print(f"{method} {prompt!r}: r_precision {record['r_precision']}, view_consistency "
+                  f"{record['view_consistency']}, {record['wall_seconds']} s", flush=True)
+        mine = [r for r in runs if r["method"] == method]
+        per_method[method] = {
+            "mean_r_precision": mean([r["r_precision"] for r in mine]),
+            "mean_view_consistency": mean([r["view_consistency"] for r in mine]),
+            "mean_wall_seconds": mean([r["wall_seconds"] for r in mine]),
+            "max_wall_seconds": max(r["wall_seconds"] for r in mine),
+        }
+    better = max(per_method, key=lambda m: (per_method[m]["mean_r_precision"] or 0,
+                                            per_method[m]["mean_view_consistency"] or 0))
+    best = per_method[better]
+    report = {
+        "benchmark": "text_to_3d",
+        "prompts": list(PROMPTS[: args.prompts]),
+        "overrides": args.overrides,
+        "steps_override": args.steps,
+        "device": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                   "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "load_average_at_start": list(os.getloadavg())},
+        "methods": per_method,
+        "better_method": better,
+        "default_method": DEFAULT_METHOD,
+        "targets": {"r_precision": TARGET_R_PRECISION, "view_consistency": TARGET_VIEW_CONSISTENCY},
+        "targets_met": bool((best["mean_r_precision"] or 0) >= TARGET_R_PRECISION
+                            and (best["mean_view_consistency"] or 0) >= TARGET_VIEW_CONSISTENCY),
+        "default_is_better": better == DEFAULT_METHOD,
+        "total_seconds": round(time.perf_counter() - began, 1),
+        "runs": runs,
+    }
+    if len(methods) > 1:
+        sds, vsd = per_method.get("sds"), per_method.get("vsd")
+        if sds and vsd and sds["mean_wall_seconds"]:
+            report["vsd_over_sds_time"] = round(vsd["mean_wall_seconds"] / sds["mean_wall_seconds"], 3)
+    write_json_atomic(Path(args.out), report)
+    print(f"wrote {args.out}: better {better} {best}")
+
+
+if __name__ == "__main__":
+    main()

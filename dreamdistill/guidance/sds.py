@@ -1,0 +1,110 @@
+"""Score distillation sampling (DreamFusion): grad = w(t) (ε̂_teacher(x_t; y, cfg) − ε)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from dreamdistill.diffusion.schedule import add_noise
+
+Weighting = Literal["sigma_sq", "uniform", "sds_snr"]
+
+
+@dataclass
+class GuidanceConfig:
+    """Settings shared by SDS and VSD."""
+
+    guidance_scale: float = 30.0
+    """Classifier-free guidance of the teacher (DreamFusion used 100 with Imagen; VSD uses ~7.5)."""
+    weighting: Weighting = "sigma_sq"
+    """w(t): sigma_sq = 1 − ᾱ_t (DreamFusion), uniform = 1, sds_snr = σ_t/α_t·… (see ``timestep_weight``)."""
+    t_range: tuple[float, float] = (0.02, 0.98)
+    """Timestep range at the start, as fractions of the teacher's T."""
+    t_range_end: tuple[float, float] = (0.02, 0.50)
+    """Timestep range at the end of the run (linear annealing from ``t_range``)."""
+    grad_clip: float | None = None
+    """Clip each sample's gradient to this L2 norm per element (None: off)."""
+    view_prompts: bool = True
+    """Append ", front/side/back/overhead view" to the prompt from each camera."""
+
+
+def timestep_range(config: GuidanceConfig, progress: float) -> tuple[float, float]:
+    """The annealed (t_min, t_max) fraction at ``progress`` ∈ [0, 1] of the run."""
+    progress = min(max(progress, 0.0), 1.0)
+    start, end = config.t_range, config.t_range_end
+    return tuple(a + (b - a) * progress for a, b in zip(start, end))
+
+
+def sample_timesteps(batch: int, t_min: float, t_max: float, num_train: int, generator=None) -> torch.Tensor:
+    """Integer timesteps uniform in [t_min·T, t_max·T] (fractions of the train steps)."""
+    low, high = int(t_min * num_train), max(int(t_max * num_train), int(t_min * num_train) + 1)
+    return torch.randint(low, min(high, num_train - 1) + 1, (batch,), generator=generator)
+
+
+def timestep_weight(alpha: torch.Tensor, sigma: torch.Tensor, weighting: Weighting) -> torch.Tensor:
+    """w(t): σ² = 1 − ᾱ (DreamFusion), 1 (uniform), or σ/α clipped (a high-noise-heavy choice)."""
+    if weighting == "sigma_sq":
+        return sigma**2
+    if weighting == "uniform":
+        return torch.ones_like(alpha)
+    if weighting == "sds_snr":
+        return (sigma / alpha).clamp(max=10.0)
+    raise ValueError(f"unknown weighting {weighting!r}")
+
+
+def distillation_gradient(eps_target: torch.Tensor, eps_reference: torch.Tensor, weight: torch.Tensor,
+                          clip: float | None = None) -> torch.Tensor:
+    """grad = w(t) (ε̂_teacher − ε_reference); NaN/inf become 0; optional per-sample RMS clipping."""
+    grad = weight.reshape(-1, *([1] * (eps_target.dim() - 1))).to(eps_target) * (eps_target - eps_reference)
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    if clip is not None:
+        rms = grad.pow(2).flatten(1).mean(1).sqrt().clamp(min=1e-12)
+        grad = grad * (clip / rms).clamp(max=1.0).reshape(-1, *([1] * (grad.dim() - 1)))
+    return grad
+
+
+def surrogate_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """loss = ½‖x − sg(x − grad)‖² / B, so that d(loss)/dx = grad / B exactly."""
+    target = (x - grad).detach()
+    return 0.5 * (x.float() - target.float()).pow(2).sum() / x.shape[0]
+
+
+def view_prompt(prompt: str, view: str) -> str:
+    """DreamFusion-style view-dependent prompt: "a red chair" -> "a red chair, front view"."""
+    return f"{prompt.rstrip().rstrip(',')}, {view} view"
+
+
+class SDS:
+    """SDS on a frozen teacher; call with rendered images and get the surrogate loss."""
+
+    def __init__(self, teacher, prompt: str, config: GuidanceConfig):
+        self.teacher, self.prompt, self.config = teacher, prompt, config
+
+    def text_for(self, views: list[str] | None, batch: int) -> torch.Tensor:
+        """Cached prompt embeddings [B, L, D], view-dependent when enabled and views are given."""
+        if views is None or not self.config.view_prompts:
+            return self.teacher.encode_text([self.prompt] * batch)
+        return self.teacher.encode_text([view_prompt(self.prompt, v) for v in views])
+
+    def noised(self, images: torch.Tensor, progress: float, generator=None):
+        """Model-space x, timesteps, noise and x_t for a batch of renders."""
+        x = self.teacher.images_to_model(images)
+        t_min, t_max = timestep_range(self.config, progress)
+        t = sample_timesteps(x.shape[0], t_min, t_max, self.teacher.schedule.num_train_timesteps, generator)
+        t = t.to(self.teacher.device)
+        eps = torch.randn(x.shape, generator=generator).to(x)
+        alpha, sigma = self.teacher.schedule.alpha_sigma(t)
+        return x, t, eps, add_noise(x0=x.detach().float(), eps=eps.float(), alpha=alpha, sigma=sigma), alpha, sigma
+
+    def __call__(self, images: torch.Tensor, views: list[str] | None = None, progress: float = 0.0,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Surrogate loss for renders [B, 3, H, W] in [0, 1]; also returns grad norm and timesteps."""
+        x, t, eps, x_t, alpha, sigma = self.noised(images, progress, generator)
+        text = self.text_for(views, x.shape[0])
+        with torch.no_grad():
+            eps_teacher = self.teacher.predict_eps(x_t, t, text, self.config.guidance_scale)
+        weight = timestep_weight(alpha, sigma, self.config.weighting).float()
+        grad = distillation_gradient(eps_teacher, eps.float(), weight, self.config.grad_clip)
+        return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t}

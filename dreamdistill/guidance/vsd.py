@@ -1,0 +1,186 @@
+"""Variational score distillation (ProlificDreamer): grad = w(t) (ε̂_teacher(x_t; y, cfg) − ε̂_critic(x_t; y, c)).
+
+The critic s_ζ is a LoRA on the teacher's own UNet (peft, adapter "vsd_critic"), made
+camera-conditioned by adding an MLP embedding of the camera to the UNet's time embedding
+(a forward hook on ``unet.time_embedding`` that is active only while the critic runs).
+With the adapter disabled and the hook idle the UNet is exactly the frozen teacher.
+The critic is trained by denoising score matching on the current renders (detached), with
+its own optimiser, several steps per scene step and condition dropout for its own CFG.
+Replacing ε̂_critic by the sampled noise ε (s_ζ ≡ 0 in score terms) recovers SDS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dreamdistill.diffusion.schedule import add_noise, output_from_x0_eps
+from dreamdistill.guidance.sds import (
+    SDS,
+    GuidanceConfig,
+    distillation_gradient,
+    sample_timesteps,
+    surrogate_loss,
+    timestep_weight,
+)
+
+ADAPTER_NAME = "vsd_critic"
+
+
+@dataclass
+class CriticConfig:
+    """The VSD critic (LoRA + camera embedding) and its training."""
+
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    learning_rate: float = 1e-3
+    steps_per_scene_step: int = 1
+    condition_dropout: float = 0.1
+    """Probability of dropping text and camera when training the critic (for its CFG)."""
+    guidance_scale: float = 1.0
+    """CFG of the critic's own prediction (ProlificDreamer: 1)."""
+    t_range: tuple[float, float] = (0.02, 0.98)
+
+
+class CameraEmbedding(torch.nn.Module):
+    """Camera descriptor [B, 6] -> time-embedding offset [B, D]; the last layer starts at zero."""
+
+    def __init__(self, time_dim: int, camera_dim: int = 6, hidden: int = 128):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(camera_dim, hidden), torch.nn.SiLU(),
+                                       torch.nn.Linear(hidden, time_dim))
+        torch.nn.init.zeros_(self.net[-1].weight)
+        torch.nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, camera: torch.Tensor) -> torch.Tensor:
+        return self.net(camera)
+
+
+class LoRACritic(torch.nn.Module):
+    """s_ζ: LoRA adapter on the teacher's UNet plus a camera embedding added to the time embedding."""
+
+    def __init__(self, teacher, config: CriticConfig):
+        super().__init__()
+        from peft import LoraConfig
+
+        self.teacher, self.config = teacher, config
+        unet = teacher.unet
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights=True,
+                          target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        unet.add_adapter(lora, adapter_name=ADAPTER_NAME)
+        for name, parameter in unet.named_parameters():
+            parameter.requires_grad_(ADAPTER_NAME in name)
+        # LoRA weights train in float32 even when the teacher runs in half precision.
+        self.lora_parameters = [p for n, p in unet.named_parameters() if ADAPTER_NAME in n]
+        for p in self.lora_parameters:
+            p.data = p.data.float()
+        time_dim = unet.time_embedding.linear_2.out_features
+        self.camera_embedding = CameraEmbedding(time_dim).to(teacher.device)
+        self._camera: torch.Tensor | None = None
+        unet.time_embedding.register_forward_hook(self._add_camera)
+        unet.disable_adapters()
+
+    def _add_camera(self, module, inputs, output):
+        if self._camera is None:
+            return output
+        return output + self.camera_embedding(self._camera).to(output.dtype)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return self.lora_parameters + list(self.camera_embedding.parameters())
+
+    def adapter_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The critic's own weights (LoRA tensors by UNet parameter name, camera MLP), for checkpoints."""
+        lora = {n: p.detach().cpu().clone() for n, p in self.teacher.unet.named_parameters() if ADAPTER_NAME in n}
+        return {"lora": lora, "camera_embedding": self.camera_embedding.state_dict()}
+
+    def load_adapter_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Restore weights saved by :meth:`adapter_state_dict` (in place, so optimiser references stay valid)."""
+        parameters = dict(self.teacher.unet.named_parameters())
+        missing = set(state["lora"]) ^ {n for n in parameters if ADAPTER_NAME in n}
+        if missing:
+            raise ValueError(f"critic checkpoint does not match the UNet ({len(missing)} LoRA tensors differ)")
+        with torch.no_grad():
+            for name, value in state["lora"].items():
+                parameters[name].copy_(value)
+        self.camera_embedding.load_state_dict(state["camera_embedding"])
+
+    @contextlib.contextmanager
+    def active(self, camera: torch.Tensor | None):
+        """Within this context the teacher's UNet is the critic (adapter on, camera added)."""
+        self.teacher.unet.enable_adapters()
+        self._camera = camera
+        try:
+            yield
+        finally:
+            self._camera = None
+            self.teacher.unet.disable_adapters()
+
+    def predict_eps(self, x_t, t, text, camera, guidance_scale: float | None = None) -> torch.Tensor:
+        """ε̂_critic(x_t; y, c) with the critic's CFG (unconditional = empty prompt and no camera)."""
+        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        with self.active(camera):
+            cond = self.teacher.predict_eps(x_t, t, text, 1.0)
+        if scale == 1.0:
+            return cond
+        with self.active(torch.zeros_like(camera)):
+            uncond = self.teacher.predict_eps(x_t, t, self.teacher.uncond_embedding(x_t.shape[0]), 1.0)
+        return uncond + scale * (cond - uncond)
+
+    def denoising_loss(self, x0: torch.Tensor, text: torch.Tensor, camera: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """DSM on renders: ‖f_ζ(α x0 + σ ε; y, c) − target‖² with the teacher's prediction type."""
+        batch = x0.shape[0]
+        schedule = self.teacher.schedule
+        low, high = self.config.t_range
+        t = sample_timesteps(batch, low, high, schedule.num_train_timesteps, generator).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0)
+        alpha, sigma = schedule.alpha_sigma(t)
+        x_t = add_noise(x0=x0.float(), eps=eps.float(), alpha=alpha, sigma=sigma)
+        target = output_from_x0_eps(x0=x0.float(), eps=eps.float(), alpha=alpha, sigma=sigma,
+                                    prediction_type=schedule.prediction_type)
+        drop = torch.rand(batch, generator=generator).to(x0.device) < self.config.condition_dropout
+        text = torch.where(drop[:, None, None], self.teacher.uncond_embedding(batch), text)
+        camera = torch.where(drop[:, None], torch.zeros_like(camera), camera)
+        with self.active(camera):
+            prediction = self.teacher.model_output(x_t, t, text)
+        return F.mse_loss(prediction, target.float())
+
+
+class VSD(SDS):
+    """VSD: SDS's noising and surrogate loss, with the critic's ε̂ in place of the sampled ε."""
+
+    def __init__(self, teacher, prompt: str, config: GuidanceConfig, critic_config: CriticConfig):
+        super().__init__(teacher, prompt, config)
+        self.critic = LoRACritic(teacher, critic_config)
+        self.critic_optimizer = torch.optim.AdamW(self.critic.trainable_parameters(), lr=critic_config.learning_rate)
+
+    def __call__(self, images: torch.Tensor, views: list[str] | None = None, progress: float = 0.0,
+                 generator: torch.Generator | None = None, camera: torch.Tensor | None = None):
+        """Generator surrogate loss for renders [B, 3, H, W]; ``camera`` is the [B, 6] descriptor."""
+        batch = images.shape[0]
+        camera = torch.zeros(batch, 6, device=self.teacher.device) if camera is None else camera.to(
+            self.teacher.device)
+        x, t, eps, x_t, alpha, sigma = self.noised(images, progress, generator)
+        text = self.text_for(views, batch)
+        with torch.no_grad():
+            eps_teacher = self.teacher.predict_eps(x_t, t, text, self.config.guidance_scale)
+            eps_critic = self.critic.predict_eps(x_t, t, text, camera)
+        weight = timestep_weight(alpha, sigma, self.config.weighting).float()
+        grad = distillation_gradient(eps_teacher, eps_critic, weight, self.config.grad_clip)
+        return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t,
+                "model_x": x.detach(), "text": text, "camera": camera}
+
+    def train_critic(self, model_x: torch.Tensor, text: torch.Tensor, camera: torch.Tensor,
+                     generator: torch.Generator | None = None) -> float:
+        """Several DSM steps of the critic on the current (detached) renders in model space."""
+        losses = []
+        for _ in range(self.critic.config.steps_per_scene_step):
+            loss = self.critic.denoising_loss(model_x.detach(), text, camera, generator)
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.critic_optimizer.step()
+            losses.append(loss.item())
+        return sum(losses) / len(losses)

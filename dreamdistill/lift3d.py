@@ -1,0 +1,640 @@
+"""The text-to-3D optimisation loop: a hash-grid field rendered from random cameras, driven by SDS or VSD.
+
+``dreamdistill "a red chair"`` -> :func:`main`: config (preset YAML <- ``--set`` <- flags), validation before
+anything is written, a run directory ``runs/<slug>-<time>/`` holding
+
+    config.yaml        the full config (``--resume RUN_DIR`` reads it back)
+    checkpoint.pt      field, background, occupancy, optimiser(s), critic, step (atomic, every N steps)
+    validation/        orbit renders every ``validate_every`` steps
+    turntable.gif      (+ turntable.mp4 when an ffmpeg writer is installed)
+    mesh.glb, mesh.obj (+ mesh.mtl), mesh.ply
+    metrics.json       r_precision, view_consistency (toy teachers), seconds, steps, mesh statistics
+
+Every step draws its randomness (cameras, shading, timesteps, noise, critic) from a generator seeded by
+(seed, step), so a resumed run replays the same streams as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from dreamdistill.config import load_config, read_yaml, save_yaml
+from dreamdistill.errors import DreamDistillError
+from dreamdistill.export import ExportConfig, extract_mesh, write_mesh, write_turntable
+from dreamdistill.fileio import save_image_atomic, torch_save_atomic, write_json_atomic
+from dreamdistill.guidance.sds import SDS, GuidanceConfig
+from dreamdistill.guidance.vsd import VSD, CriticConfig
+from dreamdistill.render.cameras import CameraRanges, Cameras, orbit_cameras, sample_cameras
+from dreamdistill.render.occupancy import OccupancyGrid
+from dreamdistill.render.volume import Light, Shading, render
+from dreamdistill.scene.background import Background, BackgroundMode
+from dreamdistill.scene.field import Field
+from dreamdistill.scene.hashgrid import Backend, HashGrid
+
+Method = Literal["sds", "vsd"]
+DEFAULT_METHOD: Method = "sds"
+CONFIG_NAME, CHECKPOINT_NAME, METRICS_NAME = "config.yaml", "checkpoint.pt", "metrics.json"
+LIGHT_DISTANCE = 50.0
+"""The point light sits this far along the light direction (practically a directional light)."""
+
+
+# ---- configuration ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SceneConfig:
+    """The radiance field (hash grid + MLP)."""
+
+    levels: int = 8
+    """Hash-grid levels."""
+    features_per_level: int = 2
+    """Features per level."""
+    log2_table_size: int = 14
+    """log2 of the largest per-level table (small = fast on a CPU)."""
+    base_resolution: int = 8
+    """Coarsest grid resolution."""
+    max_resolution: int = 128
+    """Finest grid resolution."""
+    hidden_dim: int = 32
+    """MLP width."""
+    hidden_layers: int = 1
+    """MLP hidden layers."""
+    blob_density: float = 5.0
+    """Pre-activation density bias at the centre (the initial blob)."""
+    blob_radius: float = 0.5
+    """Radius where the blob bias reaches zero."""
+    backend: Backend = "auto"
+    """Hash-grid backend (auto: our CPU/CUDA kernel when it builds)."""
+
+
+@dataclass
+class RenderConfig:
+    """Training renders: resolution schedule, batch, marching, shading, light, background, occupancy."""
+
+    resolution: int = 32
+    """Render resolution (pixels) for most of the run."""
+    resolution_start: int | None = None
+    """A lower resolution for the first part of the run (None: no schedule)."""
+    resolution_switch: float = 0.5
+    """Fraction of the run after which ``resolution`` replaces ``resolution_start``."""
+    batch_size: int = 4
+    """Cameras per step."""
+    step_divisions: int = 128
+    """Marching steps across the box diagonal (step size = 2√3 / this)."""
+    albedo_warmup: float = 0.1
+    """Fraction of the run rendered with plain albedo before lit shading starts."""
+    diffuse_probability: float = 0.8
+    """After warm-up, chance of diffuse shading for a step."""
+    textureless_probability: float = 0.0
+    """After warm-up, chance of textureless shading (the rest is albedo)."""
+    ambient: float = 0.5
+    """Ambient fraction of the lit shadings."""
+    light_direction: tuple[float, float, float] = (-0.45, 0.6, 0.66)
+    """Direction towards the light in the camera frame (x right, y up, z back): the toy data's upper left."""
+    light_jitter: float = 0.0
+    """Std of a random perturbation of the light direction."""
+    background: BackgroundMode = "fixed"
+    """fixed (``background_color``), learned (MLP on direction) or random (per image while training)."""
+    background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Background colour (fixed), or the start of the learned one."""
+    occupancy_resolution: int = 48
+    """Occupancy grid cells per side (0: no occupancy grid)."""
+    occupancy_update_every: int = 16
+    """Steps between occupancy updates."""
+    occupancy_warmup: int = 64
+    """Steps during which every cell is re-evaluated."""
+    occupancy_threshold: float = 0.01
+    """Opacity of one marching step below which a cell counts as empty."""
+
+
+@dataclass
+class OptimConfig:
+    """Adam on the scene."""
+
+    grid_learning_rate: float = 1e-2
+    """Learning rate of the hash-grid tables."""
+    mlp_learning_rate: float = 1e-3
+    """Learning rate of the MLP and the learned background."""
+    final_learning_rate_factor: float = 0.1
+    """Exponential decay to this factor of the start over the run."""
+
+
+@dataclass
+class RegularizerConfig:
+    """Regularisers, as per-pixel sums per image (the same scale as the surrogate loss's per-pixel gradient)."""
+
+    opacity_sparsity: float = 0.0
+    """Weight of Σ opacity (shrinks floaters and the frame-filling blob)."""
+    opacity_target: float = 0.0
+    """Mean image opacity allowed before ``opacity_sparsity`` applies (0: it always applies)."""
+    opacity_entropy: float = 0.0
+    """Weight of the binary entropy of opacity (pushes pixels to empty or solid)."""
+    orientation: float = 0.0
+    """Weight of opacity-weighted max(0, n·d)² on composited normals (DreamFusion's orientation loss)."""
+
+
+@dataclass
+class LiftConfig:
+    """Everything a text-to-3D run needs (written to RUN_DIR/config.yaml)."""
+
+    prompt: str = ""
+    """What to make."""
+    teacher: str = "toy"
+    """toy, a teacher folder, or a cached hub id."""
+    method: Method = DEFAULT_METHOD
+    """sds or vsd."""
+    steps: int = 600
+    """Optimisation steps."""
+    seed: int = 0
+    """Seed of the initialisation and of every step's random stream."""
+    device: str | None = None
+    """cpu, cuda, cuda:N (None: cuda when available)."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints."""
+    validate_every: int = 200
+    """Steps between validation renders (0: only at the end)."""
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    cameras: CameraRanges = field(default_factory=CameraRanges)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    regularizers: RegularizerConfig = field(default_factory=RegularizerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    turntable_frames: int = 24
+    """Frames of turntable.gif."""
+    view_resolution: int = 64
+    """Resolution of validation, turntable and metric renders."""
+    metric_views: int = 8
+    """Orbit renders (elevation 15°) scored for R-precision and view consistency."""
+
+
+def configs_dir() -> Path:
+    """The shipped presets (configs/ in the source tree)."""
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def default_preset(teacher: str, method: str) -> Path | None:
+    """configs/toy-METHOD.yaml for pixel-space teachers, configs/sd-METHOD.yaml otherwise (None if absent)."""
+    from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, resolve_teacher_path
+
+    kind = "toy" if (resolve_teacher_path(teacher) / TEACHER_CONFIG_NAME).is_file() else "sd"
+    path = configs_dir() / f"{kind}-{method}.yaml"
+    return path if path.is_file() else None
+
+
+def config_from_args(args: argparse.Namespace) -> LiftConfig:
+    """Preset (``--config`` or the default for the teacher and method) <- ``--set`` <- explicit flags."""
+    teacher = args.teacher or "toy"
+    preset = args.config or default_preset(teacher, args.guidance or DEFAULT_METHOD)
+    config = load_config(LiftConfig, preset, list(args.overrides))
+    flags = {"prompt": args.prompt, "teacher": args.teacher, "method": args.guidance, "steps": args.steps,
+             "seed": args.seed, "device": args.device}
+    return dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
+
+
+def check_config(config: LiftConfig) -> None:
+    """Reject settings that cannot run, with one line each (before anything is written)."""
+    if not config.prompt.strip():
+        raise DreamDistillError('empty prompt: pass what to make, e.g. dreamdistill "a red chair"')
+    for name, value in (("steps", config.steps), ("render.batch_size", config.render.batch_size),
+                        ("checkpoint_every", config.checkpoint_every), ("export.resolution", config.export.resolution),
+                        ("view_resolution", config.view_resolution), ("metric_views", config.metric_views)):
+        if value < 1:
+            raise DreamDistillError(f"{name} must be at least 1, got {value}")
+    from dreamdistill.export import FORMATS
+
+    for fmt in config.export.formats:
+        if fmt not in FORMATS:
+            raise DreamDistillError(f"unknown mesh format {fmt!r} in export.formats; choose from {', '.join(FORMATS)}")
+
+
+def check_resolution(resolution: int, image_size: int, name: str = "render.resolution") -> None:
+    """Renders must be 8 px or more and at most 4× the teacher's image size (it resizes them to its own)."""
+    low, high = 8, 4 * image_size
+    if not low <= resolution <= high:
+        raise DreamDistillError(f"{name}={resolution} cannot be taken by this teacher (image size "
+                                f"{image_size}): use a resolution between {low} and {high}")
+
+
+# ---- pure helpers -------------------------------------------------------------------------------------
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of step ``step``'s random stream (independent of how the run was interrupted)."""
+    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
+
+
+def resolution_at(config: RenderConfig, progress: float) -> int:
+    """The resolution schedule."""
+    if config.resolution_start is not None and progress < config.resolution_switch:
+        return config.resolution_start
+    return config.resolution
+
+
+def pick_shading(config: RenderConfig, progress: float, generator: torch.Generator) -> Shading:
+    """albedo during warm-up, then diffuse / textureless / albedo with the configured chances."""
+    draw = float(torch.rand(1, generator=generator))
+    if progress < config.albedo_warmup:
+        return "albedo"
+    if draw < config.diffuse_probability:
+        return "diffuse"
+    if draw < config.diffuse_probability + config.textureless_probability:
+        return "textureless"
+    return "albedo"
+
+
+def camera_light(cameras: Cameras, config: RenderConfig, generator: torch.Generator | None = None) -> Light:
+    """A far point light in the camera frame's ``light_direction`` (jittered), per camera."""
+    direction = torch.tensor(config.light_direction, dtype=torch.float32).expand(len(cameras), 3)
+    if config.light_jitter > 0 and generator is not None:
+        direction = direction + config.light_jitter * torch.randn(len(cameras), 3, generator=generator)
+    direction = torch.nn.functional.normalize(direction, dim=-1)
+    world = torch.einsum("bij,bj->bi", cameras.camera_to_world[:, :3, :3].float(), direction.to(cameras.azimuth))
+    return Light(world * LIGHT_DISTANCE, torch.full((len(cameras),), config.ambient))
+
+
+def sparsity_penalty(opacity: torch.Tensor, target: float) -> torch.Tensor:
+    """Σ over images of H·W·max(0, mean opacity − target) for opacity [B, 1, H, W] (Σ opacity when target = 0)."""
+    pixels = opacity.shape[-1] * opacity.shape[-2]
+    return (opacity.flatten(1).mean(1) - target).clamp(min=0).sum() * pixels
+
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """−p log p − (1 − p) log(1 − p), elementwise, with p clamped away from 0 and 1."""
+    p = p.clamp(1e-5, 1 - 1e-5)
+    return -(p * p.log() + (1 - p) * (1 - p).log())
+
+
+def orientation_penalty(normal: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """max(0, N·d)² per pixel [B, H, W] for composited normals N [B, 3, H, W] and ray directions d [B, H, W, 3]."""
+    return (normal.permute(0, 2, 3, 1) * directions).sum(-1).clamp(min=0).pow(2)
+
+
+def slugify(prompt: str, limit: int = 40) -> str:
+    """'A red chair!' -> 'a-red-chair'."""
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:limit].strip("-") or "run"
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [0, 1] -> [B, H, W, 3] uint8."""
+    return (images.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def build_field(s: SceneConfig) -> Field:
+    """The hash-grid field of a scene config (parameters drawn from the global RNG)."""
+    grid = HashGrid(levels=s.levels, features_per_level=s.features_per_level, log2_table_size=s.log2_table_size,
+                    base_resolution=s.base_resolution, max_resolution=s.max_resolution, backend=s.backend)
+    return Field(grid, hidden_dim=s.hidden_dim, hidden_layers=s.hidden_layers, blob_density=s.blob_density,
+                 blob_radius=s.blob_radius)
+
+
+# ---- the optimisation state ---------------------------------------------------------------------------
+
+
+class Lifter:
+    """Field, background, occupancy grid, optimiser and guidance for one prompt; one :meth:`step` per update."""
+
+    def __init__(self, config: LiftConfig, teacher):
+        self.config, self.teacher = config, teacher
+        self.device = teacher.device
+        torch.manual_seed(config.seed)
+        self.field = build_field(config.scene).to(self.device)
+        r = config.render
+        self.background = Background(r.background, r.background_color).to(self.device)
+        self.occupancy = None
+        if r.occupancy_resolution > 0:
+            self.occupancy = OccupancyGrid(r.occupancy_resolution, r.occupancy_threshold,
+                                           warmup_steps=r.occupancy_warmup,
+                                           update_every=r.occupancy_update_every).to(self.device)
+        self.step_size = 2 * math.sqrt(3) / r.step_divisions
+        o = config.optim
+        groups = [{"params": list(self.field.grid.parameters()), "lr": o.grid_learning_rate},
+                  {"params": list(self.field.mlp.parameters()) + list(self.background.parameters()),
+                   "lr": o.mlp_learning_rate}]
+        for group in groups:
+            group["initial_lr"] = group["lr"]
+        self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+        if config.method == "vsd":
+            self.guidance = VSD(teacher, config.prompt, config.guidance, config.critic)
+        else:
+            self.guidance = SDS(teacher, config.prompt, config.guidance)
+
+    # -- one update
+    def step(self, step: int) -> dict[str, float]:
+        """One scene update (and, for VSD, the critic's updates) at ``step`` of ``config.steps``."""
+        config, r = self.config, self.config.render
+        progress = step / max(config.steps, 1)
+        generator = torch.Generator().manual_seed(step_seed(config.seed, step))
+        torch.manual_seed(step_seed(config.seed, step))  # global draws (e.g. a random background)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * config.optim.final_learning_rate_factor**progress
+        self.field.train()
+        self.background.train()
+        if self.occupancy is not None:
+            self.occupancy.update(self.field.density, self.step_size, step=step, generator=generator)
+        cameras = sample_cameras(r.batch_size, config.cameras, generator)
+        shading = pick_shading(r, progress, generator)
+        light = camera_light(cameras, r, generator)
+        resolution = resolution_at(r, progress)
+        regs = config.regularizers
+        out = render(self.field, self.background, cameras, resolution, shading=shading, light=light,
+                     occupancy=self.occupancy, step_size=self.step_size, stratified=True, generator=generator,
+                     return_normals=regs.orientation > 0)
+        views = cameras.view_labels()
+        if isinstance(self.guidance, VSD):
+            result = self.guidance(out.image, views, progress, generator, camera=cameras.embedding())
+        else:
+            result = self.guidance(out.image, views, progress, generator)
+        batch = out.image.shape[0]
+        loss = result["loss"]
+        if regs.opacity_sparsity:
+            loss = loss + regs.opacity_sparsity * sparsity_penalty(out.opacity, regs.opacity_target) / batch
+        if regs.opacity_entropy:
+            loss = loss + regs.opacity_entropy * binary_entropy(out.opacity).sum() / batch
+        if regs.orientation and out.normal is not None:
+            from dreamdistill.render.cameras import generate_rays
+
+            _, directions = generate_rays(cameras.to(self.device), resolution)
+            loss = loss + regs.orientation * orientation_penalty(out.normal, directions).sum() / batch
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        stats = {"loss": float(loss.detach()), "grad_norm": float(result["grad_norm"]),
+                 "opacity": float(out.opacity.detach().mean())}
+        if isinstance(self.guidance, VSD):
+            stats["critic_loss"] = self.guidance.train_critic(result["model_x"], result["text"], result["camera"],
+                                                              generator)
+        return stats
+
+    # -- views
+    @torch.no_grad()
+    def render_views(self, cameras: Cameras, resolution: int, shading: Shading = "diffuse") -> torch.Tensor:
+        """Deterministic renders [B, 3, H, W] with the training light (the teacher's look)."""
+        self.field.eval()
+        self.background.eval()
+        images = []
+        for part in range(0, len(cameras), 4):
+            sub = Cameras(*(t[part:part + 4] for t in (cameras.azimuth, cameras.elevation, cameras.distance,
+                                                       cameras.fov)))
+            out = render(self.field, self.background, sub, resolution, shading=shading,
+                         light=camera_light(sub, self.config.render), occupancy=self.occupancy,
+                         step_size=self.step_size, stratified=False)
+            images.append(out.image.cpu())
+        return torch.cat(images)
+
+    # -- checkpoints
+    def state_dict(self) -> dict:
+        state = {"field": self.field.state_dict(), "background": self.background.state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "occupancy": self.occupancy.state_dict() if self.occupancy is not None else None}
+        if isinstance(self.guidance, VSD):
+            state["critic"] = self.guidance.critic.adapter_state_dict()
+            state["critic_optimizer"] = self.guidance.critic_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field.load_state_dict(state["field"])
+        self.background.load_state_dict(state["background"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.occupancy is not None and state.get("occupancy") is not None:
+            self.occupancy.load_state_dict(state["occupancy"])
+        if isinstance(self.guidance, VSD) and "critic" in state:
+            self.guidance.critic.load_adapter_state_dict(state["critic"])
+            self.guidance.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+
+# ---- the run ------------------------------------------------------------------------------------------
+
+
+def create_run_dir(out: Path, prompt: str) -> Path:
+    """A new ``OUT/<slug>-<YYYYmmdd-HHMMSS>`` folder (suffixed when taken)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(out) / f"{slugify(prompt)}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def load_run(run_dir: str | Path) -> tuple[Path, LiftConfig, dict | None]:
+    """The config and the checkpoint (None before the first one) of an existing run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_NAME).is_file():
+        raise DreamDistillError(f"{run_dir} is not a text-to-3D run: it has no {CONFIG_NAME} "
+                                "(pass a folder made by `dreamdistill PROMPT`, e.g. runs/a-red-chair-...)")
+    from dreamdistill.config import from_dict
+
+    config = from_dict(LiftConfig, read_yaml(run_dir / CONFIG_NAME))
+    checkpoint = None
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        checkpoint = torch.load(run_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+    return run_dir, config, checkpoint
+
+
+def teacher_image_size(name_or_path: str) -> int | None:
+    """The image size a teacher folder takes, read from its config files (None when they do not say)."""
+    import json
+
+    from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, resolve_teacher_path
+
+    path = resolve_teacher_path(name_or_path)
+    try:
+        if (path / TEACHER_CONFIG_NAME).is_file():
+            return int(json.loads((path / TEACHER_CONFIG_NAME).read_text())["image_size"])
+        unet = json.loads((path / "unet" / "config.json").read_text())
+        vae = json.loads((path / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def check_resolutions(config: LiftConfig, image_size: int) -> None:
+    """Both ends of the resolution schedule against the teacher's image size."""
+    check_resolution(config.render.resolution, image_size)
+    if config.render.resolution_start is not None:
+        check_resolution(config.render.resolution_start, image_size, "render.resolution_start")
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info/warning chatter from transformers and diffusers while loading models."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def load_teacher(config: LiftConfig):
+    """The teacher, with the render resolutions checked against it (before loading when the folder says)."""
+    from dreamdistill.diffusion.teacher import Teacher
+
+    size = teacher_image_size(config.teacher)
+    if size is not None:
+        check_resolutions(config, size)
+    quiet_libraries()
+    teacher = Teacher.from_pretrained(config.teacher, device=config.device)
+    check_resolutions(config, teacher.image_size)
+    return teacher
+
+
+def save_checkpoint(lifter: Lifter, run_dir: Path, step: int, seconds: float) -> None:
+    torch_save_atomic(run_dir / CHECKPOINT_NAME, {"step": step, "seconds": seconds, **lifter.state_dict()})
+
+
+def save_validation(lifter: Lifter, run_dir: Path, step: int) -> Path:
+    """Four orbit renders side by side: validation/step-NNNNNN.png."""
+    images = lifter.render_views(orbit_cameras(4, elevation=15.0), lifter.config.view_resolution)
+    strip = np.concatenate(list(to_uint8(images)), axis=1)
+    return save_image_atomic(run_dir / "validation" / f"step-{step:06d}.png", strip)
+
+
+def evaluate(lifter: Lifter, prompt: str) -> dict[str, float | None]:
+    """R-precision and view consistency of ``metric_views`` orbit renders at elevation 15° (toy teachers)."""
+    from dreamdistill.metrics import r_precision, view_consistency
+    from dreamdistill.toyworld.captions import parse_prompt
+
+    if not lifter.teacher.info.vocabulary or parse_prompt(prompt)[1] is None:
+        return {"r_precision": None, "view_consistency": None}
+    from dreamdistill.toyworld.evaluator import Evaluator
+
+    try:
+        evaluator = Evaluator.load()
+    except DreamDistillError as error:
+        print(f"warning: metrics skipped: {error}", file=sys.stderr)
+        return {"r_precision": None, "view_consistency": None}
+    cameras = orbit_cameras(lifter.config.metric_views, elevation=15.0)
+    predicted = evaluator.classify(lifter.render_views(cameras, lifter.config.view_resolution))
+    return {"r_precision": r_precision(predicted, prompt),
+            "view_consistency": view_consistency(predicted["view"], cameras.view_labels(), prompt)}
+
+
+def export_field(lifter: Lifter, run_dir: Path, export: ExportConfig) -> tuple[list[Path], dict | None]:
+    """Mesh files from the field (an empty scene gives a warning and no mesh)."""
+    try:
+        mesh = extract_mesh(lifter.field.density, lambda x: lifter.field(x)[1], export, lifter.device,
+                            step_size=lifter.step_size)
+    except DreamDistillError as error:
+        print(f"warning: no mesh written: {error}", file=sys.stderr)
+        return [], None
+    return write_mesh(mesh, run_dir, export.formats), mesh.stats()
+
+
+def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float) -> dict:
+    """Turntable, meshes and metrics.json after the last step."""
+    config = lifter.config
+    save_validation(lifter, run_dir, steps)
+    cameras = orbit_cameras(config.turntable_frames, elevation=15.0)
+    written = write_turntable(to_uint8(lifter.render_views(cameras, config.view_resolution)),
+                              run_dir / "turntable.gif")
+    mesh_files, mesh_stats = export_field(lifter, run_dir, config.export)
+    metrics = {**evaluate(lifter, config.prompt), "seconds": round(seconds, 1), "steps": steps,
+               "method": config.method, "prompt": config.prompt, "mesh": mesh_stats}
+    written += mesh_files + [write_json_atomic(run_dir / METRICS_NAME, metrics)]
+    return {"run_dir": run_dir, "files": written, "metrics": metrics}
+
+
+def optimise(lifter: Lifter, run_dir: Path, checkpoint: dict | None = None, stop_after: int | None = None,
+             progress_bar: bool = True) -> dict | None:
+    """Run (or continue) the loop with checkpoints and validation, then :func:`finish`.
+
+    ``stop_after`` ends the loop after that step without finishing (used to test resuming); returns None then.
+    """
+    from tqdm import tqdm
+
+    config = lifter.config
+    start, seconds = 0, 0.0
+    if checkpoint is not None:
+        lifter.load_state_dict(checkpoint)
+        start, seconds = int(checkpoint["step"]), float(checkpoint["seconds"])
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=config.method,
+               unit="step", disable=not progress_bar, dynamic_ncols=True, file=sys.stderr)
+    began = time.perf_counter() - seconds
+    for step in bar:
+        stats = lifter.step(step)
+        bar.set_postfix(loss=f"{stats['loss']:.3g}", opacity=f"{stats['opacity']:.2f}", refresh=False)
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save_checkpoint(lifter, run_dir, done, time.perf_counter() - began)
+        if config.validate_every and done % config.validate_every == 0 and done < config.steps:
+            save_validation(lifter, run_dir, done)
+        if stop_after is not None and done >= stop_after:
+            bar.close()
+            return None
+    bar.close()
+    return finish(lifter, run_dir, config.steps, time.perf_counter() - began)
+
+
+def summary_line(result: dict) -> str:
+    """One line: the run folder, the files written and the metrics."""
+    metrics = result["metrics"]
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.2f}"
+
+    names = ", ".join(sorted({p.name for p in result["files"]}))
+    return (f"done: {result['run_dir']} ({names}); r_precision {fmt(metrics['r_precision'])}, "
+            f"view_consistency {fmt(metrics['view_consistency'])}, {metrics['steps']} steps in "
+            f"{metrics['seconds']:.0f} s")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``dreamdistill PROMPT`` and ``dreamdistill PROMPT --resume RUN_DIR``."""
+    checkpoint = None
+    if args.resume:
+        if args.config or args.overrides:
+            raise DreamDistillError("--resume continues a run with its own config.yaml; drop --config and --set")
+        run_dir, config, checkpoint = load_run(args.resume)
+        changes = {k: v for k, v in (("steps", args.steps), ("device", args.device)) if v is not None}
+        config = dataclasses.replace(config, **changes)
+    else:
+        config = config_from_args(args)
+        run_dir = None
+    check_config(config)
+    teacher = load_teacher(config)
+    warning = teacher.vocabulary_warning(config.prompt)
+    if warning:
+        print(warning, file=sys.stderr)
+    lifter = Lifter(config, teacher)
+    if run_dir is None:
+        run_dir = create_run_dir(Path(args.out), config.prompt)
+    save_yaml(config, run_dir / CONFIG_NAME)
+    print(f"{config.method} on {config.teacher!r}: {config.prompt!r} -> {run_dir}", file=sys.stderr)
+    result = optimise(lifter, run_dir, checkpoint)
+    print(summary_line(result))
+    return 0
+
+
+def export_run(run_dir: str | Path, formats: list[str], resolution: int | None = None,
+               threshold: float | None = None, device: str | None = None) -> list[Path]:
+    """``dreamdistill export RUN_DIR``: meshes from a run's checkpoint (without loading the teacher)."""
+    run_dir, config, checkpoint = load_run(run_dir)
+    if checkpoint is None:
+        raise DreamDistillError(f"{run_dir} has no {CHECKPOINT_NAME} yet: nothing to export")
+    export = dataclasses.replace(config.export, formats=formats, threshold=threshold,
+                                 resolution=resolution or config.export.resolution)
+    if export.resolution < 8:
+        raise DreamDistillError(f"--resolution must be at least 8, got {export.resolution}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    field_ = build_field(config.scene)
+    field_.load_state_dict(checkpoint["field"])
+    field_.to(device).eval()
+    mesh = extract_mesh(field_.density, lambda x: field_(x)[1], export, device,
+                        step_size=2 * math.sqrt(3) / config.render.step_divisions)
+    return write_mesh(mesh, run_dir, export.formats)

@@ -1,0 +1,136 @@
+"""The text-to-3D loop end to end on tiny random teachers: every preset, resume, bad input, helpers."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamdistill import cli
+from dreamdistill.lift3d import (
+    LiftConfig,
+    RenderConfig,
+    orientation_penalty,
+    pick_shading,
+    resolution_at,
+    slugify,
+    sparsity_penalty,
+    step_seed,
+)
+
+TINY = ["render.resolution=16", "render.batch_size=2", "render.occupancy_resolution=16", "render.step_divisions=48",
+        "render.albedo_warmup=0.0", "scene.levels=4", "scene.log2_table_size=10", "scene.max_resolution=32",
+        "scene.hidden_dim=16", "scene.hidden_layers=1", "export.resolution=24", "export.coarse_resolution=16",
+        "view_resolution=16", "turntable_frames=2", "metric_views=4", "checkpoint_every=2", "validate_every=2",
+        "render.occupancy_warmup=2", "render.occupancy_update_every=2"]
+FILES = ("config.yaml", "checkpoint.pt", "turntable.gif", "mesh.glb", "mesh.obj", "mesh.mtl", "mesh.ply",
+         "metrics.json")
+
+
+def run(prompt, teacher, out, *extra, overrides=TINY):
+    argv = [prompt, "--teacher", str(teacher), "--out", str(out), "--device", "cpu", *extra]
+    for override in overrides:
+        argv += ["--set", override]
+    return cli.main(argv)
+
+
+def only_run(out: Path) -> Path:
+    (run_dir,) = list(Path(out).iterdir())
+    return run_dir
+
+
+@pytest.mark.parametrize("preset,teacher_fixture", [
+    ("toy-sds", "tiny_pixel_teacher_dir"), ("toy-vsd", "tiny_pixel_teacher_dir"),
+    ("sd-sds", "tiny_sd_teacher_dir"), ("sd-vsd", "tiny_sd_teacher_dir"),
+])
+def test_every_preset_runs_three_steps_end_to_end(preset, teacher_fixture, request, tmp_path, capsys):
+    teacher = request.getfixturevalue(teacher_fixture)
+    assert run("a red chair", teacher, tmp_path, "--config", f"configs/{preset}.yaml", "--steps", "3") == 0
+    run_dir = only_run(tmp_path)
+    assert run_dir.name.startswith("a-red-chair-")
+    for name in FILES:
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "validation").glob("step-*.png"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["seconds"] > 0 and metrics["mesh"]["vertices"] > 0
+    assert {"r_precision", "view_consistency"} <= set(metrics)
+    if preset.startswith("toy"):  # toy vocabulary: scored with the evaluator (a random teacher scores anything)
+        assert 0.0 <= metrics["r_precision"] <= 1.0 and 0.0 <= metrics["view_consistency"] <= 1.0
+    else:
+        assert metrics["r_precision"] is None
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"done: {run_dir}") and "mesh.glb" in out[0]
+
+
+def test_resume_continues_exactly(tiny_pixel_teacher_dir, tmp_path):
+    from dreamdistill.config import load_config, save_yaml
+    from dreamdistill.lift3d import Lifter, create_run_dir, load_teacher, optimise
+
+    settings = TINY + ["prompt=a blue mug", f"teacher={tiny_pixel_teacher_dir}", "device=cpu", "steps=4"]
+    config = load_config(LiftConfig, "configs/toy-sds.yaml", settings)
+    teacher = load_teacher(config)
+    whole = create_run_dir(tmp_path / "whole", config.prompt)
+    save_yaml(config, whole / "config.yaml")
+    optimise(Lifter(config, teacher), whole, progress_bar=False)
+    killed = create_run_dir(tmp_path / "killed", config.prompt)
+    save_yaml(config, killed / "config.yaml")
+    assert optimise(Lifter(config, teacher), killed, stop_after=2, progress_bar=False) is None
+    assert torch.load(killed / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert not (killed / "metrics.json").exists()
+    assert cli.main(["--resume", str(killed)]) == 0
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)
+    b = torch.load(killed / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for key, value in a["field"].items():
+        torch.testing.assert_close(b["field"][key], value, atol=1e-5, rtol=1e-4)
+    metrics_a, metrics_b = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
+    for key in ("r_precision", "view_consistency", "steps"):
+        assert metrics_a[key] == metrics_b[key]
+
+
+@pytest.mark.parametrize("extra,overrides,message", [
+    ([], TINY + ["scene.levelz=3"], "unknown config key scene.'levelz'"),
+    ([], TINY + ["render.resolution=4"], "render.resolution=4 cannot be taken by this teacher"),
+    ([], TINY + ["render.resolution=512"], "use a resolution between 8 and 64"),
+    (["--config", "configs/nope.yaml"], TINY, "does not exist"),
+])
+def test_bad_input_gives_one_line_and_writes_nothing(extra, overrides, message, tiny_pixel_teacher_dir, tmp_path,
+                                                     capsys):
+    out = tmp_path / "runs"
+    assert run("a red chair", tiny_pixel_teacher_dir, out, *extra, overrides=overrides) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert cli.main(["--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a text-to-3D run" in err[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_out_of_vocabulary_prompt_warns(tiny_pixel_teacher_dir, tmp_path, capsys):
+    assert run("a purple giraffe", tiny_pixel_teacher_dir, tmp_path, "--steps", "1",
+               overrides=TINY + ["export.formats=[ply]", "checkpoint_every=1"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: the embedded teacher knows only the toy world's vocabulary" in captured.err
+    metrics = json.loads((only_run(tmp_path) / "metrics.json").read_text())
+    assert metrics["r_precision"] is None and metrics["view_consistency"] is None
+
+
+def test_helpers():
+    assert step_seed(0, 5) != step_seed(0, 6) and step_seed(1, 5) != step_seed(0, 5)
+    config = RenderConfig(resolution=64, resolution_start=32, resolution_switch=0.5, albedo_warmup=0.2,
+                          diffuse_probability=1.0)
+    assert resolution_at(config, 0.1) == 32 and resolution_at(config, 0.6) == 64
+    generator = torch.Generator().manual_seed(0)
+    assert pick_shading(config, 0.1, generator) == "albedo" and pick_shading(config, 0.5, generator) == "diffuse"
+    normal = torch.zeros(1, 3, 1, 2)
+    normal[0, 2, 0, 0], normal[0, 2, 0, 1] = 0.5, -0.5  # one pixel facing away from the camera, one towards it
+    directions = torch.tensor([0.0, 0.0, 1.0]).expand(1, 1, 2, 3)
+    torch.testing.assert_close(orientation_penalty(normal, directions), torch.tensor([[[0.25, 0.0]]]))
+    opacity = torch.tensor([0.5, 0.1]).reshape(2, 1, 1, 1).expand(2, 1, 2, 2)
+    assert float(sparsity_penalty(opacity, 0.0)) == pytest.approx(2.4)
+    assert float(sparsity_penalty(opacity, 0.3)) == pytest.approx(0.8)
+    assert slugify("A red chair, front view!") == "a-red-chair-front-view" and slugify("???") == "run"
