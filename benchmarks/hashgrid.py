@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from typing import Any
 
 import torch
 
+from dreamdistill.machine import device_info
 from dreamdistill.scene.hashgrid import HashGrid, hash_grid_reference, tcnn_available
 from dreamdistill.scene.kernel import kernel_has_cuda, load_kernel
 
@@ -31,26 +30,6 @@ TARGET_RATIO = 5.0
 """Issue 4: the CPU kernel's forward+backward is at least 5x the reference's at 2^18 points."""
 
 
-def device_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    info: dict[str, Any] = {
-        "device": str(device),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "load_average_at_start": list(os.getloadavg()),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from dreamdistill.machine import device_info
 from dreamdistill.render.cameras import Cameras, orbit_cameras
 from dreamdistill.scene.analytic import default_scene
 from dreamdistill.scene.field import Field
@@ -34,23 +32,6 @@ TIME_LIMIT_S = 180.0
 GRID = dict(levels=6, features_per_level=2, log2_table_size=16, base_resolution=16, max_resolution=64)
 
 
-def device_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return {
-        "device": "cpu",
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "load_average_at_start": list(os.getloadavg()),
-    }
 
 
 def ring(count: int, start_azimuth: float, elevations: list[float]) -> Cameras:
@@ -103,7 +84,7 @@ def main() -> None:
             "time_limit_s": TIME_LIMIT_S,
             "passed": mean >= TARGET_PSNR and total <= TIME_LIMIT_S,
         },
-        "info": device_info(),
+        "info": device_info("cpu"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")

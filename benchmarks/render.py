@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -22,34 +20,13 @@ from typing import Any
 
 import torch
 
+from dreamdistill.machine import device_info
 from dreamdistill.render.cameras import orbit_cameras
 from dreamdistill.render.occupancy import OccupancyGrid
 from dreamdistill.render.volume import DEFAULT_STEP_SIZE, headlights, nerfacc_available, render
 from dreamdistill.scene.analytic import AnalyticField, default_scene
 from dreamdistill.scene.background import Background
 from dreamdistill.scene.field import Field
-
-
-def device_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    info: dict[str, Any] = {
-        "device": str(device),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "load_average_at_start": list(os.getloadavg()),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def nerfacc_check(device: torch.device, resolution: int) -> dict[str, Any]:
