@@ -67,6 +67,7 @@ def main() -> None:
         print(f"sampled {start + len(chunk)}/{len(prompts)} ({time.time() - started:.0f}s)", flush=True)
     samples = torch.cat(samples)
     seconds = time.time() - started
+    torch.save({"prompts": prompts, "samples": samples}, Path(args.out).with_suffix(".samples.pt"))
 
     fidelity = prompt_fidelity(evaluator.classify(samples), prompt_labels(prompts))
     real = render_dataset(args.real + len(prompts), seed=424242).float_images()
@@ -78,8 +79,7 @@ def main() -> None:
     predicted = evaluator.classify(samples)
     for i, prompt in enumerate(benchmark_prompts()):
         part = slice(i * args.per_prompt, (i + 1) * args.per_prompt)
-        per_prompt[prompt] = prompt_fidelity({k: v[part] for k, v in predicted.items()},
-                                             {k: v[part] for k, v in prompt_labels(prompts[part]).items()})
+        per_prompt[prompt] = prompt_fidelity({k: v[part] for k, v in predicted.items()}, prompt_labels(prompts[part]))
     result = {
         "command": "python benchmarks/teacher_quality.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "grid")),
