@@ -201,6 +201,9 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default="glb,obj,ply", help="comma-separated: glb, obj, ply")
     parser.add_argument("--resolution", type=int, default=256, help="marching-cubes samples along the longest side")
     parser.add_argument("--threshold", type=float, default=None, help="density level (default: automatic)")
+    parser.add_argument("--texture-size", type=int, default=None, metavar="N",
+                        help="also write mesh_textured.obj with an N×N albedo texture (needs xatlas); "
+                             "0: vertex colours only (default: the run's export.texture_size)")
     _device_argument(parser)
     return parser
 
@@ -215,7 +218,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise DreamDistillError(f"--format {args.format!r}: choose from {', '.join(FORMATS)}")
     if not os.access(args.run_dir, os.W_OK):
         raise DreamDistillError(f"cannot export into {args.run_dir}: it does not exist or is not writable")
-    written = export_run(args.run_dir, formats, args.resolution, args.threshold, args.device)
+    written = export_run(args.run_dir, formats, args.resolution, args.threshold, args.device, args.texture_size)
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 

@@ -12,6 +12,9 @@ Pipeline (:func:`extract_mesh`):
    half a voxel inside the surface.
 
 Files load back in trimesh with the same vertex count (vertices are merged before writing).
+With ``texture_size`` > 0, :func:`write_textured_obj` also writes ``mesh_textured.obj`` (+ .mtl, .png): the
+same faces, UV-unwrapped by xatlas (seams duplicate vertices), the albedo baked into a texture
+(:mod:`dreamdistill.texture`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 from dreamdistill.errors import DreamDistillError
-from dreamdistill.fileio import write_text_atomic
+from dreamdistill.fileio import save_image_atomic, write_text_atomic
 from dreamdistill.render.volume import DEFAULT_STEP_SIZE
 
 FORMATS = ("glb", "obj", "ply")
@@ -54,6 +57,9 @@ class ExportConfig:
     """Coarse cells added around the tight bounding box."""
     chunk: int = 1 << 16
     """Points per field evaluation."""
+    texture_size: int = 0
+    """0: vertex colours only. N > 0: also a textured OBJ (mesh_textured.obj/.mtl + an N×N PNG of the albedo,
+    UV-unwrapped with xatlas: pip install xatlas), whatever ``formats`` says."""
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Mesh:
     colors: np.ndarray  # [V, 3] uint8
     threshold: float
     bounds: tuple[list[float], list[float]]  # tight box used for the fine grid
+    inset: float = 0.0  # distance inside the surface at which the albedo was sampled
 
     def stats(self) -> dict:
         """Vertex/face counts, threshold, extent and surface area (for metrics.json)."""
@@ -175,7 +182,7 @@ def extract_mesh(density_fn: DensityFn, albedo_fn: AlbedoFn, config: ExportConfi
     vertices = vertices + (box_low - voxel)  # undo the padding offset
     vertices, faces = merge_vertices(vertices.astype(np.float32), faces.astype(np.int64))
     colors = vertex_colors(albedo_fn, vertices, normals_of(vertices, faces), 0.5 * voxel, config.chunk, device)
-    return Mesh(vertices, faces, colors, float(threshold), (box_low.tolist(), box_high.tolist()))
+    return Mesh(vertices, faces, colors, float(threshold), (box_low.tolist(), box_high.tolist()), 0.5 * voxel)
 
 
 def merge_vertices(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -258,6 +265,38 @@ def write_mesh(mesh: Mesh, folder: Path, formats: list[str], stem: str = "mesh")
             write_bytes_atomic(path, tri.export(file_type=fmt))
         written.append(path)
     return written
+
+
+TEXTURED_MTL_TEXT = "newmtl textured\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {image}\n"
+"""A white diffuse material modulated by the baked albedo texture."""
+
+
+def textured_obj_text(vertices: np.ndarray, uvs: np.ndarray, faces: np.ndarray, material_file: str) -> str:
+    """Wavefront OBJ with one texture coordinate per vertex ("f a/a b/b c/c")."""
+    lines = [f"mtllib {material_file}", "o mesh", "usemtl textured"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices.tolist()]
+    lines += [f"vt {u:.6f} {v:.6f}" for u, v in uvs.tolist()]
+    lines += [f"f {a}/{a} {b}/{b} {c}/{c}" for a, b, c in (faces + 1).tolist()]
+    return "\n".join(lines) + "\n"
+
+
+def write_textured_obj(mesh: Mesh, albedo_fn: AlbedoFn, folder: Path, size: int, chunk: int = 1 << 16,
+                       device: torch.device | str = "cpu", stem: str = "mesh") -> list[Path]:
+    """``stem_textured.{png,mtl,obj}``: the mesh unwrapped by xatlas with the albedo baked into a ``size``²
+    texture (sampled ``mesh.inset`` inside the surface, like the vertex colours), written atomically (the OBJ
+    last). Returns the paths."""
+    from dreamdistill.texture import bake_texture, check_texture_size, unwrap
+
+    check_texture_size(size, "texture_size")
+    vmapping, faces, uvs = unwrap(mesh.vertices, mesh.faces, size)
+    vertices, normals = mesh.vertices[vmapping], normals_of(mesh.vertices, mesh.faces)[vmapping]
+    texture, _ = bake_texture(vertices, normals, faces, uvs, size,
+                              lambda p, n: vertex_colors(albedo_fn, p, n, mesh.inset, chunk, device))
+    folder = Path(folder)
+    image = save_image_atomic(folder / f"{stem}_textured.png", texture)
+    material = write_text_atomic(folder / f"{stem}_textured.mtl", TEXTURED_MTL_TEXT.format(image=image.name))
+    obj = write_text_atomic(folder / f"{stem}_textured.obj", textured_obj_text(vertices, uvs, faces, material.name))
+    return [obj, material, image]
 
 
 def write_turntable(frames: np.ndarray, path: Path, fps: int = 12) -> list[Path]:

@@ -32,7 +32,7 @@ import torch
 
 from dreamdistill.config import load_config, read_yaml, save_yaml
 from dreamdistill.errors import DreamDistillError
-from dreamdistill.export import ExportConfig, extract_mesh, write_mesh, write_turntable
+from dreamdistill.export import ExportConfig, extract_mesh, write_mesh, write_textured_obj, write_turntable
 from dreamdistill.fileio import save_image_atomic, torch_save_atomic, write_json_atomic
 from dreamdistill.guidance.sds import SDS, GuidanceConfig
 from dreamdistill.guidance.vsd import VSD, CriticConfig
@@ -215,10 +215,12 @@ def check_config(config: LiftConfig) -> None:
         if value < 1:
             raise DreamDistillError(f"{name} must be at least 1, got {value}")
     from dreamdistill.export import FORMATS
+    from dreamdistill.texture import check_texture_size
 
     for fmt in config.export.formats:
         if fmt not in FORMATS:
             raise DreamDistillError(f"unknown mesh format {fmt!r} in export.formats; choose from {', '.join(FORMATS)}")
+    check_texture_size(config.export.texture_size)
 
 
 def check_resolution(resolution: int, image_size: int, name: str = "render.resolution") -> None:
@@ -527,13 +529,18 @@ def evaluate(lifter: Lifter, prompt: str) -> dict[str, float | None]:
 
 def export_field(lifter: Lifter, run_dir: Path, export: ExportConfig) -> tuple[list[Path], dict | None]:
     """Mesh files from the field (an empty scene gives a warning and no mesh)."""
+    def albedo(x: torch.Tensor) -> torch.Tensor:
+        return lifter.field(x)[1]
+
     try:
-        mesh = extract_mesh(lifter.field.density, lambda x: lifter.field(x)[1], export, lifter.device,
-                            step_size=lifter.step_size)
+        mesh = extract_mesh(lifter.field.density, albedo, export, lifter.device, step_size=lifter.step_size)
     except DreamDistillError as error:
         print(f"warning: no mesh written: {error}", file=sys.stderr)
         return [], None
-    return write_mesh(mesh, run_dir, export.formats), mesh.stats()
+    written = write_mesh(mesh, run_dir, export.formats)
+    if export.texture_size:
+        written += write_textured_obj(mesh, albedo, run_dir, export.texture_size, export.chunk, lifter.device)
+    return written, mesh.stats()
 
 
 def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float) -> dict:
@@ -622,19 +629,32 @@ def main(args: argparse.Namespace) -> int:
 
 
 def export_run(run_dir: str | Path, formats: list[str], resolution: int | None = None,
-               threshold: float | None = None, device: str | None = None) -> list[Path]:
-    """``dreamdistill export RUN_DIR``: meshes from a run's checkpoint (without loading the teacher)."""
+               threshold: float | None = None, device: str | None = None,
+               texture_size: int | None = None) -> list[Path]:
+    """``dreamdistill export RUN_DIR``: meshes from a run's checkpoint (without loading the teacher).
+    ``texture_size`` None keeps the run's ``export.texture_size``."""
+    from dreamdistill.texture import check_texture_size
+
     run_dir, config, checkpoint = load_run(run_dir)
     if checkpoint is None:
         raise DreamDistillError(f"{run_dir} has no {CHECKPOINT_NAME} yet: nothing to export")
     export = dataclasses.replace(config.export, formats=formats, threshold=threshold,
-                                 resolution=resolution or config.export.resolution)
+                                 resolution=resolution or config.export.resolution,
+                                 texture_size=config.export.texture_size if texture_size is None else texture_size)
     if export.resolution < 8:
         raise DreamDistillError(f"--resolution must be at least 8, got {export.resolution}")
+    check_texture_size(export.texture_size, "--texture-size")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     field_ = build_field(config.scene)
     field_.load_state_dict(checkpoint["field"])
     field_.to(device).eval()
-    mesh = extract_mesh(field_.density, lambda x: field_(x)[1], export, device,
+
+    def albedo(x: torch.Tensor) -> torch.Tensor:
+        return field_(x)[1]
+
+    mesh = extract_mesh(field_.density, albedo, export, device,
                         step_size=2 * math.sqrt(3) / config.render.step_divisions)
-    return write_mesh(mesh, run_dir, export.formats)
+    written = write_mesh(mesh, run_dir, export.formats)
+    if export.texture_size:
+        written += write_textured_obj(mesh, albedo, run_dir, export.texture_size, export.chunk, device)
+    return written
