@@ -223,13 +223,30 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------- not yet available
-def _not_yet(name: str):
-    def run(argv: list[str]) -> int:
-        print(f"`dreamdistill {name}` is not yet available in this version.")
-        return 0
+# ----------------------------------------------------------------------------- eval
+def eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dreamdistill eval",
+        description="Re-score a text-to-3D run from its checkpoint (without loading the teacher): R-precision and "
+        "view consistency of orbit renders (elevation 15°) by the toy evaluator. Prints one JSON object and "
+        "writes it to RUN_DIR/eval.json.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder made by `dreamdistill PROMPT`")
+    parser.add_argument("--views", type=int, default=None,
+                        help="orbit cameras (default: the run's metric_views, which reproduces metrics.json)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="render pixels (default: the run's view_resolution, which reproduces metrics.json)")
+    _device_argument(parser)
+    return parser
 
-    return run
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from dreamdistill.lift3d import eval_run
+
+    print(json.dumps(eval_run(args.run_dir, args.views, args.resolution, args.device)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_distill(distill_parser().parse_args(argv[1:]))
         if argv and argv[0] == "export":
             return run_export(export_parser().parse_args(argv[1:]))
-        if argv and argv[0] in SUBCOMMANDS:
-            return _not_yet(argv[0])(argv[1:])
+        if argv and argv[0] == "eval":
+            return run_eval(eval_parser().parse_args(argv[1:]))
         return run_text_to_3d(main_parser().parse_args(argv))
     except DreamDistillError as error:
         print(f"error: {error}", file=sys.stderr)

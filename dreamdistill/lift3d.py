@@ -9,6 +9,7 @@ anything is written, a run directory ``runs/<slug>-<time>/`` holding
     turntable.gif      (+ turntable.mp4 when an ffmpeg writer is installed)
     mesh.glb, mesh.obj (+ mesh.mtl), mesh.ply
     metrics.json       r_precision, view_consistency (toy teachers), seconds, steps, mesh statistics
+    eval.json          ``dreamdistill eval RUN_DIR``: the metrics re-scored from checkpoint.pt
 
 Every step draws its randomness (cameras, shading, timesteps, noise, critic) from a generator seeded by
 (seed, step), so a resumed run replays the same streams as an uninterrupted one.
@@ -20,9 +21,11 @@ import argparse
 import dataclasses
 import datetime
 import math
+import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -46,6 +49,9 @@ from dreamdistill.scene.hashgrid import Backend, HashGrid
 Method = Literal["sds", "vsd"]
 DEFAULT_METHOD: Method = "sds"
 CONFIG_NAME, CHECKPOINT_NAME, METRICS_NAME = "config.yaml", "checkpoint.pt", "metrics.json"
+EVAL_NAME = "eval.json"
+ORBIT_ELEVATION = 15.0
+"""Elevation (degrees) of the orbit cameras of validation renders, turntables and metrics."""
 LIGHT_DISTANCE = 50.0
 """The point light sits this far along the light direction (practically a directional light)."""
 
@@ -303,6 +309,87 @@ def build_field(s: SceneConfig) -> Field:
                  blob_radius=s.blob_radius)
 
 
+def marching_step(config: RenderConfig) -> float:
+    """Marching step size: the box diagonal (2√3) over ``step_divisions``."""
+    return 2 * math.sqrt(3) / config.step_divisions
+
+
+def build_scene(config: LiftConfig) -> tuple[Field, Background, OccupancyGrid | None]:
+    """Field, background and occupancy grid (None when ``occupancy_resolution`` is 0), from the global RNG."""
+    r = config.render
+    field_ = build_field(config.scene)
+    background = Background(r.background, r.background_color)
+    occupancy = None
+    if r.occupancy_resolution > 0:
+        occupancy = OccupancyGrid(r.occupancy_resolution, r.occupancy_threshold, warmup_steps=r.occupancy_warmup,
+                                  update_every=r.occupancy_update_every)
+    return field_, background, occupancy
+
+
+def load_scene(config: LiftConfig, checkpoint: dict,
+               device: torch.device) -> tuple[Field, Background, OccupancyGrid | None]:
+    """:func:`build_scene` with a checkpoint's field (and its background and occupancy when it has them), on
+    ``device``, in eval mode."""
+    field_, background, occupancy = build_scene(config)
+    field_.load_state_dict(checkpoint["field"])
+    if checkpoint.get("background") is not None:
+        background.load_state_dict(checkpoint["background"])
+    if occupancy is not None and checkpoint.get("occupancy") is not None:
+        occupancy.load_state_dict(checkpoint["occupancy"])
+    field_.to(device).eval()
+    background.to(device).eval()
+    if occupancy is not None:
+        occupancy.to(device)
+    return field_, background, occupancy
+
+
+@torch.no_grad()
+def render_orbit(field_: Field, background: Background, occupancy: OccupancyGrid | None, config: RenderConfig,
+                 cameras: Cameras, resolution: int, shading: Shading = "diffuse") -> torch.Tensor:
+    """Deterministic renders [B, 3, H, W] (on the CPU) with the training light (the teacher's look): the
+    validation, turntable and metric renders of a run, and ``dreamdistill eval``. Puts the modules in eval mode."""
+    field_.eval()
+    background.eval()
+    images = []
+    for part in range(0, len(cameras), 4):
+        sub = Cameras(*(t[part:part + 4] for t in (cameras.azimuth, cameras.elevation, cameras.distance,
+                                                   cameras.fov)))
+        out = render(field_, background, sub, resolution, shading=shading, light=camera_light(sub, config),
+                     occupancy=occupancy, step_size=marching_step(config), stratified=False)
+        images.append(out.image.cpu())
+    return torch.cat(images)
+
+
+NO_METRICS: dict[str, float | None] = {"r_precision": None, "view_consistency": None}
+
+
+def score_orbit(render_views: Callable[[Cameras], torch.Tensor], views: int, prompt: str,
+                vocabulary: dict | None, explain: bool = False) -> dict[str, float | None]:
+    """R-precision and view consistency of ``views`` orbit renders at elevation 15°, classified by the toy
+    evaluator. Both None when the teacher has no toy ``vocabulary``, the prompt names no toy category (a one-line
+    note on stderr when ``explain``) or the evaluator is missing (always a one-line warning)."""
+    from dreamdistill.metrics import r_precision, view_consistency
+    from dreamdistill.toyworld.captions import CATEGORIES, is_in_vocabulary
+
+    if not vocabulary or not is_in_vocabulary(prompt):
+        if explain:
+            why = ("the teacher is not a toy-world teacher" if not vocabulary else
+                   f"the prompt names no toy-world category ({', '.join(CATEGORIES)})")
+            print(f"note: metrics are null: {why}", file=sys.stderr)
+        return dict(NO_METRICS)
+    from dreamdistill.toyworld.evaluator import Evaluator
+
+    try:
+        evaluator = Evaluator.load()
+    except DreamDistillError as error:
+        print(f"warning: metrics skipped: {error}", file=sys.stderr)
+        return dict(NO_METRICS)
+    cameras = orbit_cameras(views, elevation=ORBIT_ELEVATION)
+    predicted = evaluator.classify(render_views(cameras))
+    return {"r_precision": r_precision(predicted, prompt),
+            "view_consistency": view_consistency(predicted["view"], cameras.view_labels(), prompt)}
+
+
 # ---- the optimisation state ---------------------------------------------------------------------------
 
 
@@ -313,15 +400,12 @@ class Lifter:
         self.config, self.teacher = config, teacher
         self.device = teacher.device
         torch.manual_seed(config.seed)
-        self.field = build_field(config.scene).to(self.device)
-        r = config.render
-        self.background = Background(r.background, r.background_color).to(self.device)
-        self.occupancy = None
-        if r.occupancy_resolution > 0:
-            self.occupancy = OccupancyGrid(r.occupancy_resolution, r.occupancy_threshold,
-                                           warmup_steps=r.occupancy_warmup,
-                                           update_every=r.occupancy_update_every).to(self.device)
-        self.step_size = 2 * math.sqrt(3) / r.step_divisions
+        self.field, self.background, self.occupancy = build_scene(config)
+        self.field.to(self.device)
+        self.background.to(self.device)
+        if self.occupancy is not None:
+            self.occupancy.to(self.device)
+        self.step_size = marching_step(config.render)
         o = config.optim
         groups = [{"params": list(self.field.grid.parameters()), "lr": o.grid_learning_rate},
                   {"params": list(self.field.mlp.parameters()) + list(self.background.parameters()),
@@ -382,20 +466,10 @@ class Lifter:
         return stats
 
     # -- views
-    @torch.no_grad()
     def render_views(self, cameras: Cameras, resolution: int, shading: Shading = "diffuse") -> torch.Tensor:
-        """Deterministic renders [B, 3, H, W] with the training light (the teacher's look)."""
-        self.field.eval()
-        self.background.eval()
-        images = []
-        for part in range(0, len(cameras), 4):
-            sub = Cameras(*(t[part:part + 4] for t in (cameras.azimuth, cameras.elevation, cameras.distance,
-                                                       cameras.fov)))
-            out = render(self.field, self.background, sub, resolution, shading=shading,
-                         light=camera_light(sub, self.config.render), occupancy=self.occupancy,
-                         step_size=self.step_size, stratified=False)
-            images.append(out.image.cpu())
-        return torch.cat(images)
+        """Deterministic renders [B, 3, H, W] with the training light (:func:`render_orbit`)."""
+        return render_orbit(self.field, self.background, self.occupancy, self.config.render, cameras, resolution,
+                            shading)
 
     # -- checkpoints
     def state_dict(self) -> dict:
@@ -465,6 +539,18 @@ def teacher_image_size(name_or_path: str) -> int | None:
         return None
 
 
+def teacher_vocabulary(name_or_path: str) -> dict | None:
+    """A toy teacher's vocabulary, read from its folder without loading it (None for other or missing teachers)."""
+    import json
+
+    from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, resolve_teacher_path
+
+    try:
+        return json.loads((resolve_teacher_path(name_or_path) / TEACHER_CONFIG_NAME).read_text()).get("vocabulary")
+    except (DreamDistillError, OSError, ValueError, AttributeError):
+        return None
+
+
 def check_resolutions(config: LiftConfig, image_size: int) -> None:
     """Both ends of the resolution schedule against the teacher's image size."""
     check_resolution(config.render.resolution, image_size)
@@ -502,29 +588,16 @@ def save_checkpoint(lifter: Lifter, run_dir: Path, step: int, seconds: float) ->
 
 def save_validation(lifter: Lifter, run_dir: Path, step: int) -> Path:
     """Four orbit renders side by side: validation/step-NNNNNN.png."""
-    images = lifter.render_views(orbit_cameras(4, elevation=15.0), lifter.config.view_resolution)
+    images = lifter.render_views(orbit_cameras(4, elevation=ORBIT_ELEVATION), lifter.config.view_resolution)
     strip = np.concatenate(list(to_uint8(images)), axis=1)
     return save_image_atomic(run_dir / "validation" / f"step-{step:06d}.png", strip)
 
 
 def evaluate(lifter: Lifter, prompt: str) -> dict[str, float | None]:
-    """R-precision and view consistency of ``metric_views`` orbit renders at elevation 15° (toy teachers)."""
-    from dreamdistill.metrics import r_precision, view_consistency
-    from dreamdistill.toyworld.captions import parse_prompt
-
-    if not lifter.teacher.info.vocabulary or parse_prompt(prompt)[1] is None:
-        return {"r_precision": None, "view_consistency": None}
-    from dreamdistill.toyworld.evaluator import Evaluator
-
-    try:
-        evaluator = Evaluator.load()
-    except DreamDistillError as error:
-        print(f"warning: metrics skipped: {error}", file=sys.stderr)
-        return {"r_precision": None, "view_consistency": None}
-    cameras = orbit_cameras(lifter.config.metric_views, elevation=15.0)
-    predicted = evaluator.classify(lifter.render_views(cameras, lifter.config.view_resolution))
-    return {"r_precision": r_precision(predicted, prompt),
-            "view_consistency": view_consistency(predicted["view"], cameras.view_labels(), prompt)}
+    """R-precision and view consistency of ``metric_views`` orbit renders (:func:`score_orbit`; toy teachers)."""
+    config = lifter.config
+    return score_orbit(lambda cameras: lifter.render_views(cameras, config.view_resolution), config.metric_views,
+                       prompt, lifter.teacher.info.vocabulary)
 
 
 def export_field(lifter: Lifter, run_dir: Path, export: ExportConfig) -> tuple[list[Path], dict | None]:
@@ -547,7 +620,7 @@ def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float) -> dict:
     """Turntable, meshes and metrics.json after the last step."""
     config = lifter.config
     save_validation(lifter, run_dir, steps)
-    cameras = orbit_cameras(config.turntable_frames, elevation=15.0)
+    cameras = orbit_cameras(config.turntable_frames, elevation=ORBIT_ELEVATION)
     written = write_turntable(to_uint8(lifter.render_views(cameras, config.view_resolution)),
                               run_dir / "turntable.gif")
     mesh_files, mesh_stats = export_field(lifter, run_dir, config.export)
@@ -645,16 +718,41 @@ def export_run(run_dir: str | Path, formats: list[str], resolution: int | None =
         raise DreamDistillError(f"--resolution must be at least 8, got {export.resolution}")
     check_texture_size(export.texture_size, "--texture-size")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    field_ = build_field(config.scene)
-    field_.load_state_dict(checkpoint["field"])
-    field_.to(device).eval()
+    field_, _, _ = load_scene(config, checkpoint, device)
 
     def albedo(x: torch.Tensor) -> torch.Tensor:
         return field_(x)[1]
 
-    mesh = extract_mesh(field_.density, albedo, export, device,
-                        step_size=2 * math.sqrt(3) / config.render.step_divisions)
+    mesh = extract_mesh(field_.density, albedo, export, device, step_size=marching_step(config.render))
     written = write_mesh(mesh, run_dir, export.formats)
     if export.texture_size:
         written += write_textured_obj(mesh, albedo, run_dir, export.texture_size, export.chunk, device)
     return written
+
+
+def eval_run(run_dir: str | Path, views: int | None = None, resolution: int | None = None,
+             device: str | None = None) -> dict:
+    """``dreamdistill eval RUN_DIR``: the metrics of ``views`` orbit renders of a run's checkpoint, written to
+    RUN_DIR/eval.json (without loading the teacher). ``views`` and ``resolution`` default to the run's
+    ``metric_views`` and ``view_resolution``, which reproduces metrics.json."""
+    for name, value in (("--views", views), ("--resolution", resolution)):
+        if value is not None and value < 1:
+            raise DreamDistillError(f"{name} must be at least 1, got {value}")
+    run_dir, config, checkpoint = load_run(run_dir)
+    views = views or config.metric_views
+    resolution = resolution or config.view_resolution
+    if checkpoint is None:
+        raise DreamDistillError(f"{run_dir} has no {CHECKPOINT_NAME} yet: nothing to evaluate")
+    if not os.access(run_dir, os.W_OK):
+        raise DreamDistillError(f"cannot write {EVAL_NAME} into {run_dir}: it is not writable")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    field_, background, occupancy = load_scene(config, checkpoint, device)
+
+    def render_views(cameras: Cameras) -> torch.Tensor:
+        return render_orbit(field_, background, occupancy, config.render, cameras, resolution)
+
+    metrics = score_orbit(render_views, views, config.prompt, teacher_vocabulary(config.teacher), explain=True)
+    result = {**metrics, "views": views, "resolution": resolution, "step": int(checkpoint["step"]),
+              "prompt": config.prompt}
+    write_json_atomic(run_dir / EVAL_NAME, result)
+    return result

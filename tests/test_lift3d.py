@@ -134,3 +134,73 @@ def test_helpers():
     assert float(sparsity_penalty(opacity, 0.0)) == pytest.approx(2.4)
     assert float(sparsity_penalty(opacity, 0.3)) == pytest.approx(0.8)
     assert slugify("A red chair, front view!") == "a-red-chair-front-view" and slugify("???") == "run"
+
+
+def test_eval_rescores_a_run_like_its_own_metrics(tiny_pixel_teacher_dir, tmp_path, capsys):
+    assert run("a red chair", tiny_pixel_teacher_dir, tmp_path, "--steps", "2",
+               overrides=TINY + ["export.formats=[ply]"]) == 0
+    run_dir = only_run(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir), "--views", "4", "--resolution", "16", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    printed = json.loads(out[0])
+    assert printed == json.loads((run_dir / "eval.json").read_text())
+    assert printed["views"] == 4 and printed["step"] == 2 and printed["prompt"] == "a red chair"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["r_precision"] is not None  # the toy vocabulary: scored, so the comparison means something
+    assert printed["r_precision"] == metrics["r_precision"]
+    assert printed["view_consistency"] == metrics["view_consistency"]
+    # stronger than equal scores: the rebuilt scene renders the run's last validation strip pixel for pixel
+    import numpy as np
+    from PIL import Image
+
+    from dreamdistill.lift3d import load_run, load_scene, render_orbit, to_uint8
+    from dreamdistill.render.cameras import orbit_cameras
+
+    _, config, checkpoint = load_run(run_dir)
+    field_, background, occupancy = load_scene(config, checkpoint, torch.device("cpu"))
+    images = render_orbit(field_, background, occupancy, config.render, orbit_cameras(4, elevation=15.0), 16)
+    strip = np.asarray(Image.open(run_dir / "validation" / "step-000002.png").convert("RGB"))
+    np.testing.assert_array_equal(np.concatenate(list(to_uint8(images)), axis=1), strip)
+
+
+def write_run_folder(folder: Path, prompt: str, teacher: Path, checkpoint: bool = True) -> Path:
+    """A run folder by hand: config.yaml and (optionally) a checkpoint of a fresh field, no teacher loaded."""
+    from dreamdistill.config import load_config, save_yaml
+    from dreamdistill.lift3d import build_field
+
+    config = load_config(LiftConfig, "configs/toy-sds.yaml", TINY + [f"prompt={prompt}", f"teacher={teacher}"])
+    save_yaml(config, folder / "config.yaml")
+    if checkpoint:
+        torch.save({"step": 0, "field": build_field(config.scene).state_dict()}, folder / "checkpoint.pt")
+    return folder
+
+
+@pytest.mark.parametrize("argv,checkpoint,message", [
+    ([], False, "has no checkpoint.pt yet"),
+    (["--views", "0"], True, "--views must be at least 1, got 0"),
+])
+def test_eval_errors_are_one_line(argv, checkpoint, message, tiny_pixel_teacher_dir, tmp_path, capsys):
+    write_run_folder(tmp_path, "a red chair", tiny_pixel_teacher_dir, checkpoint)
+    assert cli.main(["eval", str(tmp_path), *argv]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not captured.out
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert cli.main(["eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a text-to-3D run" in err[0]
+
+
+def test_eval_out_of_vocabulary_prompt_gives_null_metrics(tiny_pixel_teacher_dir, tmp_path, capsys):
+    write_run_folder(tmp_path, "a purple giraffe", tiny_pixel_teacher_dir)
+    assert cli.main(["eval", str(tmp_path), "--views", "2", "--resolution", "8", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "names no toy-world category" in err[0]
+    result = json.loads(captured.out)
+    assert result["r_precision"] is None and result["view_consistency"] is None and result["step"] == 0
