@@ -81,3 +81,28 @@ def test_zero_critic_recovers_sds(pixel):
     eps = torch.randn(x.shape, generator=generator)
     expected = (eps / 2) * 2  # d(2·img − 1)/d img = 2, loss divides by B = 2
     torch.testing.assert_close(grads["vsd"] - grads["sds"], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_view_contrast_matches_separate_passes(pixel):
+    """The batched view-contrast ε̂ equals CFG + w_v (ε_c − mean ε_negatives) from separate teacher calls;
+    w_v = 0 is plain CFG."""
+    from dreamdistill.guidance.sds import CONTRAST_VIEWS
+
+    views = ["front", "side", "overhead"]
+    x_t, t = torch.randn(3, 3, 24, 24, generator=torch.Generator().manual_seed(1)), torch.tensor([900, 500, 100])
+    sds = SDS(pixel, "a red chair", GuidanceConfig(guidance_scale=6.0, view_contrast=2.0))
+    text = sds.text_for(views, 3)
+    with torch.no_grad():
+        batched = sds.teacher_eps(x_t, t, text, views)
+        expected = []
+        for i, view in enumerate(views):
+            xi, ti = x_t[i:i + 1], t[i:i + 1]
+            cond = pixel.predict_eps(xi, ti, text[i:i + 1], 1.0)
+            uncond = pixel.predict_eps(xi, ti, pixel.uncond_embedding(1), 1.0)
+            negative = torch.stack([pixel.predict_eps(xi, ti, pixel.encode_text([view_prompt("a red chair", v)]), 1.0)
+                                    for v in CONTRAST_VIEWS[view]]).mean(0)
+            expected.append(uncond + 6.0 * (cond - uncond) + 2.0 * (cond - negative))
+        torch.testing.assert_close(batched, torch.cat(expected), atol=1e-4, rtol=1e-4)
+        plain = SDS(pixel, "a red chair", GuidanceConfig(guidance_scale=6.0)).teacher_eps(x_t, t, text, views)
+        torch.testing.assert_close(plain, pixel.predict_eps(x_t, t, text, 6.0))
+        assert not torch.allclose(plain, batched)

@@ -28,6 +28,8 @@ class GuidanceConfig:
     """Clip each sample's gradient to this L2 norm per element (None: off)."""
     view_prompts: bool = True
     """Append ", front/side/back/overhead view" to the prompt from each camera."""
+    view_contrast: float = 0.0
+    """w_v of the view-contrast term w_v (ε̂(y_view) − ε̂(y_other views)) (0: off; one extra batched pass)."""
 
 
 def timestep_range(config: GuidanceConfig, progress: float) -> tuple[float, float]:
@@ -71,6 +73,25 @@ def surrogate_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return 0.5 * (x.float() - target.float()).pow(2).sum() / x.shape[0]
 
 
+CONTRAST_VIEWS: dict[str, tuple[str, ...]] = {
+    "front": ("back",), "back": ("front",), "side": ("front", "back"), "overhead": ("side",),
+}
+"""The views a render must not look like, per view label (the negatives of the view-contrast term)."""
+
+
+def view_contrast_guidance(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, eps_negative: torch.Tensor,
+                           guidance_scale: float, contrast_scale: float) -> torch.Tensor:
+    """ε_u + w (ε_c − ε_u) + w_v (ε_c − ε_neg): CFG plus a push away from the other views' predictions
+    (a simplified, unprojected Perp-Neg; ε_neg is the mean over the negatives of each render)."""
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond) + contrast_scale * (eps_cond - eps_negative)
+
+
+def contrast_pairs(views: list[str]) -> tuple[list[int], list[str]]:
+    """(render index, negative view) for every negative of every render, in order."""
+    pairs = [(i, negative) for i, view in enumerate(views) for negative in CONTRAST_VIEWS[view]]
+    return [i for i, _ in pairs], [negative for _, negative in pairs]
+
+
 def view_prompt(prompt: str, view: str) -> str:
     """DreamFusion-style view-dependent prompt: "a red chair" -> "a red chair, front view"."""
     return f"{prompt.rstrip().rstrip(',')}, {view} view"
@@ -88,6 +109,25 @@ class SDS:
             return self.teacher.encode_text([self.prompt] * batch)
         return self.teacher.encode_text([view_prompt(self.prompt, v) for v in views])
 
+    def teacher_eps(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                    views: list[str] | None) -> torch.Tensor:
+        """The teacher's guided ε̂ for x_t; with ``view_contrast`` the unconditional, conditional and
+        negative-view predictions share one network call."""
+        config = self.config
+        if not config.view_contrast or views is None or not config.view_prompts:
+            return self.teacher.predict_eps(x_t, t, text, config.guidance_scale)
+        batch = x_t.shape[0]
+        rows, negatives = contrast_pairs(views)
+        negative_text = self.teacher.encode_text([view_prompt(self.prompt, v) for v in negatives])
+        index = torch.tensor(rows, device=x_t.device)
+        eps = self.teacher.predict_eps(torch.cat([x_t, x_t, x_t[index]]), torch.cat([t, t, t[index]]),
+                                       torch.cat([self.teacher.uncond_embedding(batch), text, negative_text]), 1.0)
+        eps_uncond, eps_cond, eps_each_negative = eps[:batch], eps[batch:2 * batch], eps[2 * batch:]
+        counts = torch.bincount(index, minlength=batch).clamp(min=1).to(eps).reshape(-1, 1, 1, 1)
+        eps_negative = torch.zeros_like(eps_cond).index_add_(0, index, eps_each_negative) / counts
+        return view_contrast_guidance(eps_uncond, eps_cond, eps_negative, config.guidance_scale,
+                                      config.view_contrast)
+
     def noised(self, images: torch.Tensor, progress: float, generator=None):
         """Model-space x, timesteps, noise and x_t for a batch of renders."""
         x = self.teacher.images_to_model(images)
@@ -104,7 +144,7 @@ class SDS:
         x, t, eps, x_t, alpha, sigma = self.noised(images, progress, generator)
         text = self.text_for(views, x.shape[0])
         with torch.no_grad():
-            eps_teacher = self.teacher.predict_eps(x_t, t, text, self.config.guidance_scale)
+            eps_teacher = self.teacher_eps(x_t, t, text, views)
         weight = timestep_weight(alpha, sigma, self.config.weighting).float()
         grad = distillation_gradient(eps_teacher, eps.float(), weight, self.config.grad_clip)
         return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t}

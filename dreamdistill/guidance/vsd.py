@@ -166,7 +166,7 @@ class VSD(SDS):
         x, t, eps, x_t, alpha, sigma = self.noised(images, progress, generator)
         text = self.text_for(views, batch)
         with torch.no_grad():
-            eps_teacher = self.teacher.predict_eps(x_t, t, text, self.config.guidance_scale)
+            eps_teacher = self.teacher_eps(x_t, t, text, views)
             eps_critic = self.critic.predict_eps(x_t, t, text, camera)
         weight = timestep_weight(alpha, sigma, self.config.weighting).float()
         grad = distillation_gradient(eps_teacher, eps_critic, weight, self.config.grad_clip)
