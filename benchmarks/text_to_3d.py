@@ -9,24 +9,23 @@ classified as the prompt's category and colour by the toy evaluator), view consi
 predicted view = camera's view label), mesh statistics and wall time. Per method: means, and which method
 is better (higher mean R-precision, then view consistency). Targets (issue 5): for the better method, mean
 R-precision ≥ 0.8 and mean view consistency ≥ 0.6; the default preset should be that method.
-Writes ``benchmarks/results/text_to_3d.json``.
+Writes ``benchmarks/results/text_to_3d.json`` after every run; rerunning the same command skips the runs
+already in it (same overrides, steps and teacher), so an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
+import json
 import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from dreamdistill.config import load_config, save_yaml
 from dreamdistill.fileio import write_json_atomic
 from dreamdistill.lift3d import DEFAULT_METHOD, LiftConfig, Lifter, configs_dir, create_run_dir, load_teacher, optimise
+from dreamdistill.machine import device_info
 
 PROMPTS = (
     "a red chair",
@@ -69,6 +68,43 @@ def run_one(prompt: str, method: str, args: argparse.Namespace) -> dict:
         "mesh": metrics["mesh"]}
 
 
+def summarise(runs: list[dict], methods: list[str]) -> dict:
+    """Per-method means, the better method (R-precision first, then view consistency), the targets."""
+    per_method = {}
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method]
+        if mine:
+            per_method[method] = {
+                "runs": len(mine),
+                "mean_r_precision": mean([r["r_precision"] for r in mine]),
+                "mean_view_consistency": mean([r["view_consistency"] for r in mine]),
+                "mean_wall_seconds": mean([r["wall_seconds"] for r in mine]),
+                "max_wall_seconds": max(r["wall_seconds"] for r in mine),
+            }
+    better = max(per_method, key=lambda m: (per_method[m]["mean_r_precision"] or 0,
+                                            per_method[m]["mean_view_consistency"] or 0))
+    best = per_method[better]
+    summary = {
+        "methods": per_method, "better_method": better, "default_method": DEFAULT_METHOD,
+        "targets": {"r_precision": TARGET_R_PRECISION, "view_consistency": TARGET_VIEW_CONSISTENCY},
+        "targets_met": bool((best["mean_r_precision"] or 0) >= TARGET_R_PRECISION
+                            and (best["mean_view_consistency"] or 0) >= TARGET_VIEW_CONSISTENCY),
+        "default_is_better": better == DEFAULT_METHOD,
+    }
+    sds, vsd = per_method.get("sds"), per_method.get("vsd")
+    if sds and vsd and sds["mean_wall_seconds"]:
+        summary["vsd_over_sds_time"] = round(vsd["mean_wall_seconds"] / sds["mean_wall_seconds"], 3)
+    return summary
+
+
+def finished_runs(path: Path, settings: dict) -> list[dict]:
+    """Runs of an earlier, interrupted benchmark with the same settings (none when they differ)."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    return earlier.get("runs", []) if earlier.get("settings") == settings else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="sds,vsd")
@@ -82,48 +118,23 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    runs, per_method = [], {}
-    began = time.perf_counter()
+    settings = {"overrides": args.overrides, "steps_override": args.steps, "teacher": args.teacher or "toy"}
+    out = Path(args.out)
+    runs = finished_runs(out, settings)
+    info = device_info(args.device or "cpu")
     for method in methods:
         for prompt in PROMPTS[: args.prompts]:
+            if any(r["method"] == method and r["prompt"] == prompt for r in runs):
+                continue
             record = run_one(prompt, method, args)
             runs.append(record)
             print(f"{method} {prompt!r}: r_precision {record['r_precision']}, view_consistency "
                   f"{record['view_consistency']}, {record['wall_seconds']} s", flush=True)
-        mine = [r for r in runs if r["method"] == method]
-        per_method[method] = {
-            "mean_r_precision": mean([r["r_precision"] for r in mine]),
-            "mean_view_consistency": mean([r["view_consistency"] for r in mine]),
-            "mean_wall_seconds": mean([r["wall_seconds"] for r in mine]),
-            "max_wall_seconds": max(r["wall_seconds"] for r in mine),
-        }
-    better = max(per_method, key=lambda m: (per_method[m]["mean_r_precision"] or 0,
-                                            per_method[m]["mean_view_consistency"] or 0))
-    best = per_method[better]
-    report = {
-        "benchmark": "text_to_3d",
-        "prompts": list(PROMPTS[: args.prompts]),
-        "overrides": args.overrides,
-        "steps_override": args.steps,
-        "device": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                   "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                   "load_average_at_start": list(os.getloadavg())},
-        "methods": per_method,
-        "better_method": better,
-        "default_method": DEFAULT_METHOD,
-        "targets": {"r_precision": TARGET_R_PRECISION, "view_consistency": TARGET_VIEW_CONSISTENCY},
-        "targets_met": bool((best["mean_r_precision"] or 0) >= TARGET_R_PRECISION
-                            and (best["mean_view_consistency"] or 0) >= TARGET_VIEW_CONSISTENCY),
-        "default_is_better": better == DEFAULT_METHOD,
-        "total_seconds": round(time.perf_counter() - began, 1),
-        "runs": runs,
-    }
-    if len(methods) > 1:
-        sds, vsd = per_method.get("sds"), per_method.get("vsd")
-        if sds and vsd and sds["mean_wall_seconds"]:
-            report["vsd_over_sds_time"] = round(vsd["mean_wall_seconds"] / sds["mean_wall_seconds"], 3)
-    write_json_atomic(Path(args.out), report)
-    print(f"wrote {args.out}: better {better} {best}")
+            write_json_atomic(out, {"benchmark": "text_to_3d", "settings": settings,
+                                    "prompts": list(PROMPTS[: args.prompts]), "device": info,
+                                    **summarise(runs, methods), "runs": runs})
+    report = json.loads(out.read_text())
+    print(f"wrote {out}: better {report['better_method']} {report['methods'][report['better_method']]}")
 
 
 if __name__ == "__main__":
