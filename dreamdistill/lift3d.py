@@ -147,6 +147,9 @@ class RegularizerConfig:
     """Mean image opacity allowed before ``opacity_sparsity`` applies (0: it always applies)."""
     opacity_entropy: float = 0.0
     """Weight of the binary entropy of opacity (pushes pixels to empty or solid)."""
+    opacity_entropy_from: float = 0.0
+    """Fraction of the run after which the entropy weight ramps linearly from 0 to ``opacity_entropy`` at the end
+    (0: full weight throughout); a late ramp lets the shape form before it is made solid."""
     orientation: float = 0.0
     """Weight of opacity-weighted max(0, n·d)² on composited normals (DreamFusion's orientation loss)."""
 
@@ -272,6 +275,13 @@ def camera_light(cameras: Cameras, config: RenderConfig, generator: torch.Genera
     direction = torch.nn.functional.normalize(direction, dim=-1)
     world = torch.einsum("bij,bj->bi", cameras.camera_to_world[:, :3, :3].float(), direction.to(cameras.azimuth))
     return Light(world * LIGHT_DISTANCE, torch.full((len(cameras),), config.ambient))
+
+
+def ramp_weight(weight: float, start: float, progress: float) -> float:
+    """``weight`` scaled by a linear ramp from 0 at ``start`` to 1 at the end of the run (1 when start = 0)."""
+    if start <= 0:
+        return weight
+    return weight * min(max((progress - start) / (1 - start), 0.0), 1.0)
 
 
 def sparsity_penalty(opacity: torch.Tensor, target: float) -> torch.Tensor:
@@ -448,8 +458,9 @@ class Lifter:
         loss = result["loss"]
         if regs.opacity_sparsity:
             loss = loss + regs.opacity_sparsity * sparsity_penalty(out.opacity, regs.opacity_target) / batch
-        if regs.opacity_entropy:
-            loss = loss + regs.opacity_entropy * binary_entropy(out.opacity).sum() / batch
+        entropy_weight = ramp_weight(regs.opacity_entropy, regs.opacity_entropy_from, progress)
+        if entropy_weight:
+            loss = loss + entropy_weight * binary_entropy(out.opacity).sum() / batch
         if regs.orientation and out.normal is not None:
             from dreamdistill.render.cameras import generate_rays
 

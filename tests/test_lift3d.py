@@ -12,6 +12,7 @@ from dreamdistill.lift3d import (
     RenderConfig,
     orientation_penalty,
     pick_shading,
+    ramp_weight,
     resolution_at,
     slugify,
     sparsity_penalty,
@@ -204,3 +205,10 @@ def test_eval_out_of_vocabulary_prompt_gives_null_metrics(tiny_pixel_teacher_dir
     assert len(err) == 1 and "names no toy-world category" in err[0]
     result = json.loads(captured.out)
     assert result["r_precision"] is None and result["view_consistency"] is None and result["step"] == 0
+
+
+def test_entropy_ramp():
+    assert ramp_weight(0.5, 0.0, 0.1) == 0.5
+    assert ramp_weight(0.5, 0.5, 0.25) == 0.0
+    assert ramp_weight(0.5, 0.5, 0.75) == pytest.approx(0.25)
+    assert ramp_weight(0.5, 0.5, 1.0) == pytest.approx(0.5)
