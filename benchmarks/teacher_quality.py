@@ -11,7 +11,7 @@ the Fréchet distance (evaluator features) to real renders, and the real-vs-real
 from __future__ import annotations
 
 import argparse
-import platform
+import json
 import time
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import torch
 
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.fileio import write_json_atomic
+from dreamdistill.machine import device_info
 from dreamdistill.metrics import prompt_fidelity, prompt_labels
 from dreamdistill.toyworld import render_dataset
 from dreamdistill.toyworld.captions import caption
@@ -38,6 +39,12 @@ def benchmark_prompts() -> list[str]:
         colour = COLOURS[(5 * i) % len(COLOURS)]
         prompts.append(caption(colour, category, view))
     return prompts
+
+
+def trained_steps(folder: Path) -> int | None:
+    """The optimiser steps recorded in a pixel-format teacher folder (None for other teachers)."""
+    config = Path(folder) / "dreamdistill_teacher.json"
+    return json.loads(config.read_text()).get("trained_steps") if config.is_file() else None
 
 
 def main() -> None:
@@ -83,13 +90,13 @@ def main() -> None:
     result = {
         "command": "python benchmarks/teacher_quality.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "grid")),
-        "teacher": str(teacher.info.path), "trained_steps": teacher.info.defaults.get("trained_steps"),
+        "teacher": str(teacher.info.path), "trained_steps": trained_steps(teacher.info.path),
         "prompts": len(benchmark_prompts()), "samples_per_prompt": args.per_prompt, "ddim_steps": args.steps,
         "cfg": args.cfg, "accuracy": fidelity, "targets": {"category": 0.9, "colour": 0.9, "view": 0.7},
         "frechet_distance_to_real": fd, "frechet_distance_real_vs_real_floor": fd_floor,
         "real_renders": args.real, "sampling_seconds": round(seconds, 1),
         "seconds_per_image": round(seconds / len(prompts), 3), "per_prompt": per_prompt,
-        "device": f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_info(teacher.device),
     }
     write_json_atomic(Path(args.out), result)
     first = torch.stack([samples[i * args.per_prompt] for i in range(len(benchmark_prompts()))])
