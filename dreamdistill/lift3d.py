@@ -139,7 +139,8 @@ class OptimConfig:
 
 @dataclass
 class RegularizerConfig:
-    """Regularisers, as per-pixel sums per image (the same scale as the surrogate loss's per-pixel gradient)."""
+    """Regularisers, as per-pixel sums per image counted in teacher pixels (the surrogate loss's scale; a render
+    larger than the teacher's image size weighs each of its pixels by (image size / resolution)²)."""
 
     opacity_sparsity: float = 0.0
     """Weight of Σ opacity (shrinks floaters and the frame-filling blob)."""
@@ -454,18 +455,20 @@ class Lifter:
             result = self.guidance(out.image, views, progress, generator, camera=cameras.embedding())
         else:
             result = self.guidance(out.image, views, progress, generator)
-        batch = out.image.shape[0]
+        # Regularisers are per-pixel sums counted in the teacher's pixels (the surrogate's scale) at any
+        # render resolution: a 64 px render for a 32 px teacher weighs each render pixel a quarter.
+        per_image = (self.teacher.image_size / resolution) ** 2 / out.image.shape[0]
         loss = result["loss"]
         if regs.opacity_sparsity:
-            loss = loss + regs.opacity_sparsity * sparsity_penalty(out.opacity, regs.opacity_target) / batch
+            loss = loss + regs.opacity_sparsity * sparsity_penalty(out.opacity, regs.opacity_target) * per_image
         entropy_weight = ramp_weight(regs.opacity_entropy, regs.opacity_entropy_from, progress)
         if entropy_weight:
-            loss = loss + entropy_weight * binary_entropy(out.opacity).sum() / batch
+            loss = loss + entropy_weight * binary_entropy(out.opacity).sum() * per_image
         if regs.orientation and out.normal is not None:
             from dreamdistill.render.cameras import generate_rays
 
             _, directions = generate_rays(cameras.to(self.device), resolution)
-            loss = loss + regs.orientation * orientation_penalty(out.normal, directions).sum() / batch
+            loss = loss + regs.orientation * orientation_penalty(out.normal, directions).sum() * per_image
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
