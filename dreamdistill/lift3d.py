@@ -83,6 +83,10 @@ class SceneConfig:
     """Radius where the blob bias reaches zero."""
     backend: Backend = "auto"
     """Hash-grid backend (auto: our CPU/CUDA kernel when it builds)."""
+    levels_start: int = 0
+    """Coarse-to-fine: hash-grid levels in use at the start (0: all levels throughout)."""
+    levels_full_at: float = 0.5
+    """Fraction of the run by which the levels in use have grown linearly to all of them."""
 
 
 @dataclass
@@ -285,6 +289,14 @@ def ramp_weight(weight: float, start: float, progress: float) -> float:
     return weight * min(max((progress - start) / (1 - start), 0.0), 1.0)
 
 
+def active_levels(scene: SceneConfig, progress: float) -> float | None:
+    """The coarse-to-fine level schedule: ``levels_start`` growing linearly to all levels at ``levels_full_at``."""
+    if scene.levels_start <= 0 or scene.levels_start >= scene.levels:
+        return None
+    fraction = min(progress / scene.levels_full_at, 1.0) if scene.levels_full_at > 0 else 1.0
+    return scene.levels_start + (scene.levels - scene.levels_start) * fraction
+
+
 def sparsity_penalty(opacity: torch.Tensor, target: float) -> torch.Tensor:
     """Σ over images of H·W·max(0, mean opacity − target) for opacity [B, 1, H, W] (Σ opacity when target = 0)."""
     pixels = opacity.shape[-1] * opacity.shape[-2]
@@ -439,6 +451,7 @@ class Lifter:
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * config.optim.final_learning_rate_factor**progress
         self.field.train()
+        self.field.active_levels = active_levels(config.scene, progress)
         self.background.train()
         if self.occupancy is not None:
             self.occupancy.update(self.field.density, self.step_size, step=step, generator=generator)

@@ -77,3 +77,18 @@ def test_background_modes():
     assert not torch.equal(colors[0, 0, 0], colors[1, 0, 0])
     assert torch.equal(random.eval()(directions), torch.ones(2, 4, 4, 3))
     assert direction_encoding(directions, 3).shape == (2, 4, 4, 21)
+
+
+def test_level_mask_coarse_to_fine():
+    from dreamdistill.scene.field import level_mask
+
+    torch.testing.assert_close(level_mask(4, 2, 2.5), torch.tensor([1.0, 1, 1, 1, 0.5, 0.5, 0, 0]))
+    torch.testing.assert_close(level_mask(3, 1, 3.0), torch.ones(3))
+
+
+def test_active_levels_schedule():
+    from dreamdistill.lift3d import SceneConfig, active_levels
+
+    scene = SceneConfig(levels=8, levels_start=2, levels_full_at=0.5)
+    assert active_levels(scene, 0.0) == 2 and active_levels(scene, 0.25) == 5 and active_levels(scene, 0.9) == 8
+    assert active_levels(SceneConfig(levels=8), 0.1) is None

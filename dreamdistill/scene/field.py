@@ -59,6 +59,13 @@ def to_grid_coordinates(x: torch.Tensor) -> torch.Tensor:
     return (x / SCENE_BOUND + 1.0) * 0.5
 
 
+def level_mask(levels: int, features: int, active: float) -> torch.Tensor:
+    """Weights [levels * features] of a level-major encoding for coarse-to-fine training: levels below ``active``
+    count fully, the next one fractionally (a smooth unmasking), the rest are zero."""
+    weight = (active - torch.arange(levels, dtype=torch.float32)).clamp(0, 1)
+    return weight.repeat_interleave(features)
+
+
 class Field(nn.Module):
     """``forward(x [N, 3] world) -> (density [N], albedo [N, 3])``; ``normals(x) -> [N, 3]`` unit vectors."""
 
@@ -88,10 +95,16 @@ class Field(nn.Module):
         self.blob_radius = blob_radius
         self.normal_method: NormalMethod = normal_method
         self.normal_eps = normal_eps
+        self.active_levels: float | None = None
+        """Coarse-to-fine: hash-grid levels in use (None: all); see :func:`level_mask`."""
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """MLP outputs [N, 4]: pre-activation density (blob bias included) and albedo logits."""
-        out = self.mlp(self.grid(to_grid_coordinates(x)))  # [N, 4]
+        features = self.grid(to_grid_coordinates(x))
+        levels = len(self.grid.geometry.scales)
+        if self.active_levels is not None and self.active_levels < levels:
+            features = features * level_mask(levels, self.grid.geometry.features, self.active_levels).to(features)
+        out = self.mlp(features)  # [N, 4]
         density_raw = out[:, :1]
         if self.blob_density:
             density_raw = density_raw + blob_bias(x, self.blob_density, self.blob_radius)[:, None]
