@@ -337,15 +337,17 @@ def marching_step(config: RenderConfig) -> float:
     return 2 * math.sqrt(3) / config.step_divisions
 
 
-def build_scene(config: LiftConfig) -> tuple[Field, Background, OccupancyGrid | None]:
-    """Field, background and occupancy grid (None when ``occupancy_resolution`` is 0), from the global RNG."""
+def build_scene(config: LiftConfig, device: torch.device | str = "cpu"
+                ) -> tuple[Field, Background, OccupancyGrid | None]:
+    """Field, background and occupancy grid (None when ``occupancy_resolution`` is 0) on ``device``, from the
+    global RNG."""
     r = config.render
-    field_ = build_field(config.scene)
-    background = Background(r.background, r.background_color)
+    field_ = build_field(config.scene).to(device)
+    background = Background(r.background, r.background_color).to(device)
     occupancy = None
     if r.occupancy_resolution > 0:
         occupancy = OccupancyGrid(r.occupancy_resolution, r.occupancy_threshold, warmup_steps=r.occupancy_warmup,
-                                  update_every=r.occupancy_update_every)
+                                  update_every=r.occupancy_update_every).to(device)
     return field_, background, occupancy
 
 
@@ -353,16 +355,14 @@ def load_scene(config: LiftConfig, checkpoint: dict,
                device: torch.device) -> tuple[Field, Background, OccupancyGrid | None]:
     """:func:`build_scene` with a checkpoint's field (and its background and occupancy when it has them), on
     ``device``, in eval mode."""
-    field_, background, occupancy = build_scene(config)
+    field_, background, occupancy = build_scene(config, device)
     field_.load_state_dict(checkpoint["field"])
     if checkpoint.get("background") is not None:
         background.load_state_dict(checkpoint["background"])
     if occupancy is not None and checkpoint.get("occupancy") is not None:
         occupancy.load_state_dict(checkpoint["occupancy"])
-    field_.to(device).eval()
-    background.to(device).eval()
-    if occupancy is not None:
-        occupancy.to(device)
+    field_.eval()
+    background.eval()
     return field_, background, occupancy
 
 
@@ -423,11 +423,7 @@ class Lifter:
         self.config, self.teacher = config, teacher
         self.device = teacher.device
         torch.manual_seed(config.seed)
-        self.field, self.background, self.occupancy = build_scene(config)
-        self.field.to(self.device)
-        self.background.to(self.device)
-        if self.occupancy is not None:
-            self.occupancy.to(self.device)
+        self.field, self.background, self.occupancy = build_scene(config, self.device)
         self.step_size = marching_step(config.render)
         o = config.optim
         groups = [{"params": list(self.field.grid.parameters()), "lr": o.grid_learning_rate},
