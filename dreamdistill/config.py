@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -25,6 +26,9 @@ def _unknown_key_error(key: str, valid: list[str], where: str) -> DreamDistillEr
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
     return DreamDistillError(f"unknown config key {where}{key!r}; {hint}")
+
+
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -59,6 +63,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return origin(_coerce(v, item, where) for v in value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 5e-5 (no dot) as a string
     if annotation in (int, float, str, bool) and not isinstance(value, annotation) or (
         annotation in (int, float) and isinstance(value, bool)
     ):

@@ -37,6 +37,7 @@ def test_yaml_and_overrides(tmp_path):
     ("inner.kindd=vsd", "unknown config key inner.'kindd'"),
     ("inner.kind=xyz", "must be one of 'sds', 'vsd'"),
     ("steps=abc", "'steps' must be int"),
+    ("inner.cfg=1e-4x", "'inner.cfg' must be float"),
     ("inner.range_=[1]", "needs 2 values"),
     ("steps", "must look like key=value"),
 ])
@@ -59,3 +60,9 @@ def test_parse_override_types():
     assert parse_override("a.b=1.5") == (["a", "b"], 1.5)
     assert parse_override("a=true") == (["a"], True)
     assert parse_override("a=[1, 2]") == (["a"], [1, 2])
+
+
+def test_exponent_without_dot_is_a_float():
+    """YAML 1.1 reads 5e-5 as a string; a float field still takes it, in presets and overrides."""
+    assert load_config(Outer, None, ["inner.cfg=5e-5"]).inner.cfg == 5e-5
+    assert load_config(Outer, None, ["inner.cfg=-2E3"]).inner.cfg == -2000.0
