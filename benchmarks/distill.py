@@ -151,6 +151,26 @@ def train_missing(args: argparse.Namespace, teacher: Teacher, cfg: float) -> Non
         distill(config, teacher=teacher)
 
 
+def training_summary(folder: Path) -> dict | None:
+    """The recipe a student was trained with (from its folder's JSON), in the few numbers that size it."""
+    recipe = json.loads((folder / "dreamdistill_teacher.json").read_text()).get("recipe")
+    if not recipe:
+        return None
+    loop, method = recipe["loop"], recipe["method"]
+    summary = {"method": method, "steps_per_phase": loop["steps"], "batch_size": loop["batch_size"],
+               "learning_rate": loop["learning_rate"], "data_size": recipe["data"]["size"]}
+    if method in ("pd", "guided"):
+        summary["pd_rounds"] = f"{recipe['pd']['teacher_steps']} -> {recipe['pd']['student_steps']} steps"
+    if method == "guided":
+        summary["stage1_steps"] = recipe["guided"]["stage1_steps"] or loop["steps"]
+    if method == "dmd":
+        summary.update(fake_steps=recipe["dmd"]["fake_steps"], fake=recipe["dmd"]["fake"],
+                       regression_weight=recipe["dmd"]["regression_weight"])
+    if method in ("kd", "dmd"):
+        summary["rollout_steps"] = recipe["data"]["rollout_steps"]
+    return summary
+
+
 def student_rows(students: Path) -> list[tuple[str, Path]]:
     """(row name, folder) of every student present, in a fixed order."""
     found = []
@@ -205,10 +225,11 @@ def run(args: argparse.Namespace) -> dict:
             "psnr_vs_teacher64": round(psnr(images, reference), 3) if reference is not None else None,
             "seconds_per_image": seconds / args.num,
             "folder": str(model.info.path),
+            "training": None if model is teacher else training_summary(Path(model.info.path)),
         }
         rows.append(row)
         figure.append((f"{name} ({steps} step{'s' * (steps > 1)})", images[: args.grid]))
-        print("  " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("name", "folder")), flush=True)
+        print("  " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("name", "folder", "training")), flush=True)
 
     by_name = {row["name"]: row for row in rows}
     base = by_name[f"teacher-{args.reference_steps}"]
