@@ -1,5 +1,5 @@
 #!/bin/bash
-# The CPU-sized students behind benchmarks/results/distill.json (2 shared cores, about 75 minutes in all),
+# The CPU-sized students behind benchmarks/results/distill.json (2 shared cores, about 70 minutes in all),
 # then the benchmark. The presets in configs/distill-*.yaml are sized for a GPU; these shrink them:
 # batch 8-32, a few hundred steps per phase, and PD chains from the 16-step teacher (16 -> 8 -> 4)
 # instead of 64. Every command resumes when rerun.
@@ -15,6 +15,6 @@ dreamdistill distill dmd --steps 600 --batch-size 8 --set dmd.fake_steps=2 --set
   --set data.rollout_steps=16 --set data.generate_batch=64 --set loop.learning_rate=2e-5 \
   --set dmd.fake_learning_rate=1e-4 $COMMON
 mkdir -p students/kd-work && cp -n students/dmd-work/rollouts-*.pt students/kd-work/  # the same 512 rollouts
-dreamdistill distill kd --steps 400 --batch-size 32 --set data.size=512 --set data.rollout_steps=16 \
+dreamdistill distill kd --steps 150 --batch-size 32 --set data.size=512 --set data.rollout_steps=16 \
   --set data.generate_batch=64 --set loop.learning_rate=1e-4 $COMMON
 python benchmarks/distill.py --num 256 --batch 64 --device cpu
