@@ -229,7 +229,8 @@ def run(args: argparse.Namespace) -> dict:
         }
         rows.append(row)
         figure.append((f"{name} ({steps} step{'s' * (steps > 1)})", images[: args.grid]))
-        print("  " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("name", "folder", "training")), flush=True)
+        shown = {k: v for k, v in row.items() if k not in ("name", "folder", "training")}
+        print("  " + ", ".join(f"{k} {v}" for k, v in shown.items()), flush=True)
 
     by_name = {row["name"]: row for row in rows}
     base = by_name[f"teacher-{args.reference_steps}"]
