@@ -97,9 +97,9 @@ def synchronise(device: torch.device) -> None:
 
 def sample_all(model: Teacher, prompts: list[str], noise: torch.Tensor, steps: int, cfg: float,
                batch: int) -> tuple[torch.Tensor, float]:
-    """All images (CPU, [0, 1]) and the sampling seconds, timed after an untimed warm-up batch."""
+    """All images (CPU, [0, 1]) and the sampling seconds, timed after an untimed one-step warm-up batch."""
     model.encode_text(sorted(set(prompts)))  # text embeddings are cached per prompt: keep them out of the timing
-    model.sample(prompts[:batch], steps=steps, guidance_scale=cfg, noise=noise[:batch])
+    model.sample(prompts[:batch], steps=1, guidance_scale=cfg, noise=noise[:batch])  # warm-up: one step is enough
     synchronise(model.device)
     started = time.perf_counter()
     images = [model.sample(prompts[i:i + batch], steps=steps, guidance_scale=cfg, noise=noise[i:i + batch]).cpu()
