@@ -153,7 +153,8 @@ def train_missing(args: argparse.Namespace, teacher: Teacher, cfg: float) -> Non
 
 def training_summary(folder: Path) -> dict | None:
     """The recipe a student was trained with (from its folder's JSON), in the few numbers that size it."""
-    recipe = json.loads((folder / "dreamdistill_teacher.json").read_text()).get("recipe")
+    saved = json.loads((folder / "dreamdistill_teacher.json").read_text())
+    recipe = saved.get("recipe")
     if not recipe:
         return None
     loop, method = recipe["loop"], recipe["method"]
@@ -168,6 +169,10 @@ def training_summary(folder: Path) -> dict | None:
                        regression_weight=recipe["dmd"]["regression_weight"])
     if method in ("kd", "dmd"):
         summary["rollout_steps"] = recipe["data"]["rollout_steps"]
+    if saved.get("steps_trained"):
+        summary["steps_trained"] = saved["steps_trained"]
+    if recipe["loop"].get("mixed_precision", "no") != "no":
+        summary["mixed_precision"] = recipe["loop"]["mixed_precision"]
     return summary
 
 

@@ -208,3 +208,28 @@ def test_interrupted_phase_resumes_exactly(tmp_path):
     again = _train_linear(tmp_path / "run", 5)  # a finished phase is loaded, not retrained
     torch.testing.assert_close(again.weight, reference.weight, rtol=0, atol=0)
     assert (tmp_path / "run" / "log.jsonl").read_text().count('"phase": "fit"') >= 5
+
+
+def test_time_limit_ends_the_phase_as_finished(tmp_path, monkeypatch):
+    """loop.max_minutes: the phase stops once its clock passes the limit, saves as finished and records the step."""
+    import dreamdistill.distill.loop as loop
+
+    clock = iter(range(0, 10_000, 30))  # every call of time.time() advances half a minute
+    monkeypatch.setattr(loop.time, "time", lambda: float(next(clock)))
+    config = loop.LoopConfig(steps=50, batch_size=4, warmup_steps=0, checkpoint_every=10, log_every=1,
+                             max_minutes=1.2, device="cpu")
+    model = torch.nn.Linear(3, 1)
+
+    def step(ctx):
+        loss = ctx.models["model"](ctx.randn(4, 3)).square().mean()
+        ctx.update("model", loss)
+        return {"loss": loss.item()}
+
+    run = loop.Run(config, tmp_path)
+    run.phase("fit", {"model": model}, step)
+    saved = torch.load(tmp_path / "fit.pt", weights_only=False)
+    assert saved["finished"] and 0 < saved["step"] < 50 and run.steps_trained == {"fit": saved["step"]}
+    assert '"stopped_at"' in (tmp_path / "log.jsonl").read_text()
+    rerun = loop.Run(config, tmp_path)  # a rerun skips the phase and still knows its step count
+    rerun.phase("fit", {"model": torch.nn.Linear(3, 1)}, step)
+    assert rerun.steps_trained == {"fit": saved["step"]}

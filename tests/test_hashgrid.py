@@ -11,7 +11,7 @@ import torch
 
 from dreamdistill.scene import hashgrid as hg
 from dreamdistill.scene.hashgrid import HashGrid, grid_geometry, hash_grid_reference
-from dreamdistill.scene.kernel import load_kernel, sources_dir
+from dreamdistill.scene.kernel import kernel_has_cuda, load_kernel, sources_dir
 
 MASK = 0xFFFFFFFF
 
@@ -116,18 +116,22 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[f"L{c['levels']}F{c['features_per_level']}" for c in CONFIGS])
-def test_cpu_kernel_matches_reference(config):
-    kernel_or_skip()
+CONFIG_IDS = [f"L{c['levels']}F{c['features_per_level']}" for c in CONFIGS]
+
+
+def check_kernel_against_reference(config: dict, backend: str) -> None:
+    """Forward, d/dparams and d/dx of one kernel backend against the PyTorch reference on tricky points."""
+    device = torch.device(backend)
     generator = torch.Generator().manual_seed(2)
-    grid = HashGrid(backend="cpu", **config)
+    grid = HashGrid(backend=backend, **config)
     geometry = grid.geometry
     assert any(geometry.dense(level) for level in range(geometry.levels))
     with torch.no_grad():
         grid.params.copy_(torch.rand(grid.params.shape, generator=generator) * 2 - 1)
-    x = random_points(2000, geometry, generator).requires_grad_()
+    grid = grid.to(device)
+    x = random_points(2000, geometry, generator).to(device).requires_grad_()
     out = grid(x)
-    grad_out = torch.randn(out.shape, generator=generator)
+    grad_out = torch.randn(out.shape, generator=generator).to(device)
     grad_params, grad_x = torch.autograd.grad(out, [grid.params, x], grad_out)
 
     reference = hash_grid_reference(x, grid.params, geometry)
@@ -135,6 +139,26 @@ def test_cpu_kernel_matches_reference(config):
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-6)
     torch.testing.assert_close(grad_params, ref_params, rtol=1e-5, atol=1e-5 * ref_params.abs().max().item())
     torch.testing.assert_close(grad_x, ref_x, rtol=1e-5, atol=1e-5 * ref_x.abs().max().item())
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_cpu_kernel_matches_reference(config):
+    kernel_or_skip()
+    check_kernel_against_reference(config, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_cuda_kernel_matches_reference(config):
+    """Runs on GPU machines only (never in CI); benchmarks/gpu_check.sh runs it."""
+    if not kernel_has_cuda():
+        pytest.fail("a CUDA device is present but the hash-grid kernel was built without CUDA (nvcc / CUDA_HOME?)")
+    check_kernel_against_reference(config, "cuda")
+    grid = HashGrid(levels=4, log2_table_size=10, base_resolution=4, per_level_scale=2.0).cuda()
+    assert grid.resolve_backend(torch.device("cuda")) == "cuda"
+    empty = grid(torch.zeros(0, 3, device="cuda", requires_grad=True))
+    assert empty.shape == (0, grid.output_dim)
+    empty.sum().backward()
 
 
 def test_cpu_kernel_partial_gradients_and_empty_input():

@@ -201,7 +201,8 @@ def distill(config: DistillConfig, teacher=None) -> Path:
         from dreamdistill.config import to_dict
 
         save_student(teacher, student.unet, out, steps=student.steps, cfg=student.cfg, method=config.method,
-                     guidance_embedding=student.guidance_embedding, extra={"recipe": to_dict(config)})
+                     guidance_embedding=student.guidance_embedding,
+                     extra={"recipe": to_dict(config), "steps_trained": run.steps_trained})
         print(f"student written to {out} ({config.method}, {student.steps} step{'s' * (student.steps > 1)}); "
               f"sample it with: dreamdistill sample \"PROMPT\" --model {out}", flush=True)
     run.wait()

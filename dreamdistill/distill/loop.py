@@ -55,6 +55,9 @@ class LoopConfig:
     """auto: accelerate's choice (this process's GPU when there is one, else the CPU); cpu: force the CPU."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
+    max_minutes: float = 0.0
+    """Wall-clock limit of each phase's training (0: none). A phase that reaches it stops there, is saved as
+    finished at the step it reached (a rerun skips it) and the step is recorded in the student's recipe."""
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -123,6 +126,8 @@ class Run:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         self.wait()
         torch.manual_seed(config.seed)
+        self.steps_trained: dict[str, int] = {}
+        """Optimiser steps each phase of this run actually trained (fewer than ``steps`` after a time limit)."""
 
     @property
     def device(self) -> torch.device:
@@ -135,6 +140,15 @@ class Run:
     def wait(self) -> None:
         """Barrier across processes (no-op with one process)."""
         self.accelerator.wait_for_everyone()
+
+    def out_of_time(self, started: float) -> bool:
+        """Whether this phase has used up ``max_minutes`` (decided by the main process, shared with all)."""
+        if self.config.max_minutes <= 0:
+            return False
+        over = torch.tensor(float(time.time() - started > 60 * self.config.max_minutes), device=self.device)
+        if self.accelerator.num_processes > 1:
+            over = self.accelerator.reduce(over, reduction="max")
+        return bool(over.item())
 
     def log(self, record: dict) -> None:
         if self.is_main:
@@ -157,9 +171,10 @@ class Run:
                                         "delete the work folder or pass another --work-dir")
             for key, module in modules.items():
                 module.load_state_dict(state["modules"][key])
-            if state["step"] >= config.steps:
+            if state.get("finished") or state["step"] >= config.steps:
                 if self.is_main:
-                    print(f"{name}: finished earlier ({path}); skipping", flush=True)
+                    print(f"{name}: finished earlier ({path}, step {state['step']}); skipping", flush=True)
+                self.steps_trained[name] = int(state["step"])
                 return {key: module.to(self.device).eval().requires_grad_(False) for key, module in modules.items()}
         start = state["step"] if state is not None else 0
 
@@ -180,8 +195,8 @@ class Run:
 
         def save(step: int, finished: bool) -> None:
             if self.is_main:
-                checkpoint = {"step": step, "modules": {k: accelerator.unwrap_model(m).state_dict()
-                                                        for k, m in models.items()}}
+                weights = {k: accelerator.unwrap_model(m).state_dict() for k, m in models.items()}
+                checkpoint = {"step": step, "finished": finished, "modules": weights}
                 if not finished:  # a finished phase needs only its weights
                     checkpoint["optimizers"] = {k: o.state_dict() for k, o in prepared_optimizers.items()}
                 torch_save_atomic(path, checkpoint)
@@ -194,6 +209,7 @@ class Run:
         bar = tqdm(total=config.steps, initial=start, desc=name, unit="step", disable=not self.is_main,
                    dynamic_ncols=True)
         started = time.time()
+        reached = config.steps
         for step in range(start, config.steps):
             for key, optimizer in prepared_optimizers.items():
                 for group in optimizer.param_groups:
@@ -209,10 +225,18 @@ class Run:
             bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                 self.log({"phase": name, "step": step + 1, "elapsed_s": round(time.time() - started, 1), **losses})
+            if self.out_of_time(started) and step + 1 < config.steps:
+                reached = step + 1
+                if self.is_main:
+                    print(f"\n{name}: stopped at step {reached} of {config.steps} (loop.max_minutes = "
+                          f"{config.max_minutes:g}); saved as finished", flush=True)
+                self.log({"phase": name, "stopped_at": reached, "elapsed_s": round(time.time() - started, 1)})
+                break
             if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
                 save(step + 1, finished=False)
         bar.close()
-        save(config.steps, finished=True)
+        save(reached, finished=True)
+        self.steps_trained[name] = reached
         trained = {key: accelerator.unwrap_model(model).eval().requires_grad_(False) for key, model in models.items()}
         accelerator.free_memory()  # drop accelerate's references to this phase's modules and optimisers
         return trained
