@@ -1,7 +1,7 @@
 """Text-to-3D quality and time: SDS and VSD on a fixed list of toy-world prompts, side by side.
 
     python benchmarks/text_to_3d.py [--methods sds,vsd] [--prompts N] [--steps S] [--teacher toy]
-                                    [--set KEY=VALUE ...] [--runs DIR] [--out PATH]
+                                    [--set KEY=VALUE ...] [--runs DIR] [--out PATH] [--jobs N]
 
 Each (prompt, method) pair is one ``dreamdistill PROMPT --guidance METHOD`` run with the shipped toy preset
 (configs/toy-METHOD.yaml, overrides applied to both). Per run: R-precision (8 orbit renders at elevation 15°
@@ -10,16 +10,22 @@ predicted view = camera's view label), mesh statistics and wall time. Per method
 is better (higher mean R-precision, then view consistency). Targets (issue 5): for the better method, mean
 R-precision ≥ 0.8 and mean view consistency ≥ 0.6; the default preset should be that method.
 Writes ``benchmarks/results/text_to_3d.json`` after every run; rerunning the same command skips the runs
-already in it (same overrides, steps and teacher), so an interrupted benchmark resumes.
+already in it (same overrides, steps, teacher and preset files), so an interrupted benchmark resumes.
+With ``--jobs N`` the runs go to N worker processes (CPU threads split between them) in the order
+prompt by prompt, methods interleaved, so SDS and VSD of one prompt run side by side under the same load.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import multiprocessing
+import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from dreamdistill.config import load_config, save_yaml
@@ -105,6 +111,13 @@ def finished_runs(path: Path, settings: dict) -> list[dict]:
     return earlier.get("runs", []) if earlier.get("settings") == settings else []
 
 
+def limit_threads(threads: int) -> None:
+    """Worker initialiser: this process's share of the CPU threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="sds,vsd")
@@ -116,23 +129,38 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/benchmark-text-to-3d", help="parent folder of the run folders")
     parser.add_argument("--out", default="benchmarks/results/text_to_3d.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    settings = {"overrides": args.overrides, "steps_override": args.steps, "teacher": args.teacher or "toy"}
+    presets = {method: hashlib.sha256((configs_dir() / f"toy-{method}.yaml").read_bytes()).hexdigest()[:12]
+               for method in methods}  # an edited preset invalidates earlier runs
+    settings = {"overrides": args.overrides, "steps_override": args.steps, "teacher": args.teacher or "toy",
+                "presets": presets}
     out = Path(args.out)
     runs = finished_runs(out, settings)
     info = device_info(args.device or "cpu")
-    for method in methods:
-        for prompt in PROMPTS[: args.prompts]:
-            if any(r["method"] == method and r["prompt"] == prompt for r in runs):
-                continue
-            record = run_one(prompt, method, args)
-            runs.append(record)
-            print(f"{method} {prompt!r}: r_precision {record['r_precision']}, view_consistency "
-                  f"{record['view_consistency']}, {record['wall_seconds']} s", flush=True)
-            write_json_atomic(out, {"benchmark": "text_to_3d", "settings": settings,
-                                    "prompts": list(PROMPTS[: args.prompts]), "device": info,
-                                    **summarise(runs, methods), "runs": runs})
+    todo = [(prompt, method) for prompt in PROMPTS[: args.prompts] for method in methods
+            if not any(r["method"] == method and r["prompt"] == prompt for r in runs)]
+
+    def record(result: dict) -> None:
+        runs.append(result)
+        print(f"{result['method']} {result['prompt']!r}: r_precision {result['r_precision']}, view_consistency "
+              f"{result['view_consistency']}, {result['wall_seconds']} s", flush=True)
+        write_json_atomic(out, {"benchmark": "text_to_3d", "settings": settings,
+                                "prompts": list(PROMPTS[: args.prompts]), "device": info, "jobs": args.jobs,
+                                **summarise(runs, methods), "runs": runs})
+
+    if args.jobs <= 1:
+        for prompt, method in todo:
+            record(run_one(prompt, method, args))
+    else:
+        args.quiet = True  # interleaved progress bars would be unreadable
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=limit_threads, initargs=(threads,)) as pool:
+            futures = [pool.submit(run_one, prompt, method, args) for prompt, method in todo]
+            for future in as_completed(futures):
+                record(future.result())
     report = json.loads(out.read_text())
     print(f"wrote {out}: better {report['better_method']} {report['methods'][report['better_method']]}")
 
