@@ -56,8 +56,9 @@ class LoopConfig:
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
     max_minutes: float = 0.0
-    """Wall-clock limit of each phase's training (0: none). A phase that reaches it stops there, is saved as
-    finished at the step it reached (a rerun skips it) and the step is recorded in the student's recipe."""
+    """Wall-clock limit of each phase's training, counted from when this process starts or resumes the phase
+    (0: none). A phase that reaches it stops there, is saved as finished at the step it reached (a rerun
+    skips it) and that step is recorded in the student's folder (``steps_trained``)."""
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -145,10 +146,11 @@ class Run:
         """Whether this phase has used up ``max_minutes`` (decided by the main process, shared with all)."""
         if self.config.max_minutes <= 0:
             return False
-        over = torch.tensor(float(time.time() - started > 60 * self.config.max_minutes), device=self.device)
-        if self.accelerator.num_processes > 1:
-            over = self.accelerator.reduce(over, reduction="max")
-        return bool(over.item())
+        over = time.time() - started > 60 * self.config.max_minutes
+        if self.accelerator.num_processes > 1:  # every process must stop at the same step
+            flag = torch.tensor(float(over), device=self.device)
+            over = bool(self.accelerator.reduce(flag, reduction="max").item())
+        return over
 
     def log(self, record: dict) -> None:
         if self.is_main:
