@@ -9,7 +9,8 @@ classified as the prompt's category and colour by the toy evaluator), view consi
 predicted view = camera's view label), mesh statistics and wall time. Per method: means, and which method
 is better (higher mean R-precision, then view consistency). Targets (issue 5): for the better method, mean
 R-precision ≥ 0.8 and mean view consistency ≥ 0.6; the default preset should be that method.
-Writes ``benchmarks/results/text_to_3d.json`` after every run; rerunning the same command skips the runs
+Writes ``benchmarks/results/text_to_3d.json`` after every run and, at the end, ``text_to_3d.png`` (rows: each
+method's prompts in order, 8 turntable frames 45° apart); rerunning the same command skips the runs
 already in it (same overrides, steps, teacher and preset files), so an interrupted benchmark resumes.
 With ``--jobs N`` the runs go to N worker processes (CPU threads split between them) in the order
 prompt by prompt, methods interleaved, so SDS and VSD of one prompt run side by side under the same load.
@@ -111,6 +112,25 @@ def finished_runs(path: Path, settings: dict) -> list[dict]:
     return earlier.get("runs", []) if earlier.get("settings") == settings else []
 
 
+def write_figure(runs: list[dict], methods: list[str], prompts: list[str], path: Path, frames: int = 8) -> None:
+    """One row per (method, prompt), methods in blocks: ``frames`` turntable frames evenly spaced around the orbit."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    rows = []
+    for method in methods:
+        for prompt in prompts:
+            run = next((r for r in runs if r["method"] == method and r["prompt"] == prompt), None)
+            gif = Path(run["run_dir"]) / "turntable.gif" if run else None
+            if gif is None or not gif.is_file():
+                continue
+            turntable = iio.imread(gif, index=None)[..., :3]
+            picks = np.linspace(0, len(turntable), frames, endpoint=False).astype(int)
+            rows.append(np.concatenate(list(turntable[picks]), axis=1))
+    if rows:
+        iio.imwrite(path, np.concatenate(rows, axis=0))
+
+
 def limit_threads(threads: int) -> None:
     """Worker initialiser: this process's share of the CPU threads."""
     import torch
@@ -161,8 +181,11 @@ def main() -> None:
             futures = [pool.submit(run_one, prompt, method, args) for prompt, method in todo]
             for future in as_completed(futures):
                 record(future.result())
+    figure = out.with_suffix(".png")
+    write_figure(runs, methods, list(PROMPTS[: args.prompts]), figure)
     report = json.loads(out.read_text())
-    print(f"wrote {out}: better {report['better_method']} {report['methods'][report['better_method']]}")
+    better = report["better_method"]
+    print(f"wrote {out} and {figure.name}: better {better} {report['methods'][better]}")
 
 
 if __name__ == "__main__":
