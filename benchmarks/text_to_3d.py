@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from dreamdistill.config import load_config, save_yaml
+from dreamdistill.config import load_config, save_yaml, to_dict
 from dreamdistill.fileio import write_json_atomic
 from dreamdistill.lift3d import DEFAULT_METHOD, LiftConfig, Lifter, configs_dir, create_run_dir, load_teacher, optimise
 from dreamdistill.machine import device_info
@@ -131,6 +131,12 @@ def write_figure(runs: list[dict], methods: list[str], prompts: list[str], path:
         iio.imwrite(path, np.concatenate(rows, axis=0))
 
 
+def preset_hash(method: str) -> str:
+    """Short hash of the settings in configs/toy-METHOD.yaml as loaded (comments and layout do not count)."""
+    config = load_config(LiftConfig, configs_dir() / f"toy-{method}.yaml", [])
+    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
 def limit_threads(threads: int) -> None:
     """Worker initialiser: this process's share of the CPU threads."""
     import torch
@@ -152,8 +158,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    presets = {method: hashlib.sha256((configs_dir() / f"toy-{method}.yaml").read_bytes()).hexdigest()[:12]
-               for method in methods}  # an edited preset invalidates earlier runs
+    presets = {method: preset_hash(method) for method in methods}  # a changed preset invalidates earlier runs
     settings = {"overrides": args.overrides, "steps_override": args.steps, "teacher": args.teacher or "toy",
                 "presets": presets}
     out = Path(args.out)
