@@ -52,10 +52,11 @@ timeout 240 "$PYTHON" -m dreamdistill "a red chair" --device cuda --out "$runs" 
 import json, sys
 from pathlib import Path
 import torch
+from dreamdistill.fileio import write_json_atomic
 metrics = json.loads(next(Path(sys.argv[1]).glob("*/metrics.json")).read_text())
 metrics["device"] = torch.cuda.get_device_name()
 metrics["command"] = 'dreamdistill "a red chair" --device cuda'
-Path("benchmarks/results/red_chair_gpu.json").write_text(json.dumps(metrics, indent=2) + "\n")
+write_json_atomic(Path("benchmarks/results/red_chair_gpu.json"), metrics)
 print("red chair on the GPU:", {k: metrics.get(k) for k in ("seconds", "steps", "r_precision", "view_consistency")})
 EOF
 
