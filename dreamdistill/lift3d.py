@@ -460,10 +460,7 @@ class Lifter:
                      occupancy=self.occupancy, step_size=self.step_size, stratified=True, generator=generator,
                      return_normals=regs.orientation > 0)
         views = cameras.view_labels()
-        if isinstance(self.guidance, VSD):
-            result = self.guidance(out.image, views, progress, generator, camera=cameras.embedding())
-        else:
-            result = self.guidance(out.image, views, progress, generator)
+        result = self.guidance(out.image, views, progress, generator, camera=cameras.embedding())
         # Regularisers are per-pixel sums counted in the teacher's pixels (the surrogate's scale) at any
         # render resolution: a 64 px render for a 32 px teacher weighs each render pixel a quarter.
         per_image = (self.teacher.image_size / resolution) ** 2 / out.image.shape[0]
@@ -483,9 +480,7 @@ class Lifter:
         self.optimizer.step()
         stats = {"loss": float(loss.detach()), "grad_norm": float(result["grad_norm"]),
                  "opacity": float(out.opacity.detach().mean())}
-        if isinstance(self.guidance, VSD):
-            stats["critic_loss"] = self.guidance.train_critic(result["model_x"], result["text"], result["camera"],
-                                                              generator)
+        stats.update(self.guidance.after_step(result, generator))
         return stats
 
     # -- views
@@ -499,10 +494,7 @@ class Lifter:
         state = {"field": self.field.state_dict(), "background": self.background.state_dict(),
                  "optimizer": self.optimizer.state_dict(),
                  "occupancy": self.occupancy.state_dict() if self.occupancy is not None else None}
-        if isinstance(self.guidance, VSD):
-            state["critic"] = self.guidance.critic.adapter_state_dict()
-            state["critic_optimizer"] = self.guidance.critic_optimizer.state_dict()
-        return state
+        return {**state, **self.guidance.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.field.load_state_dict(state["field"])
@@ -510,9 +502,11 @@ class Lifter:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.occupancy is not None and state.get("occupancy") is not None:
             self.occupancy.load_state_dict(state["occupancy"])
-        if isinstance(self.guidance, VSD) and "critic" in state:
-            self.guidance.critic.load_adapter_state_dict(state["critic"])
-            self.guidance.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.guidance.load_state_dict(state)
+
+    def close(self) -> None:
+        """Undo the guidance's changes to the shared teacher (VSD's adapter and hook)."""
+        self.guidance.close()
 
 
 # ---- the run ------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from dreamdistill.diffusion.ddim import classifier_free_guidance, ddim_sample, ddim_step, ddim_transition
+from dreamdistill.diffusion.ddim import ddim_sample, ddim_step, ddim_transition
+from dreamdistill.diffusion.denoiser import classifier_free_guidance
 from dreamdistill.diffusion.schedule import NoiseSchedule, add_noise, eps_from_output
 
 

@@ -56,7 +56,7 @@ def test_pd_target_makes_one_student_step_land_on_two_teacher_steps(schedule):
 
 def test_pd_target_with_the_tiny_teacher_network(teacher):
     """The same identity with a real (CFG) teacher UNet providing both x̂0 predictions."""
-    from dreamdistill.distill.student import Denoiser, predict_x0, student_schedule
+    from dreamdistill.distill.student import student_schedule
 
     schedule = student_schedule(teacher)
     s, u, t = pd_timesteps(schedule, 2)
@@ -64,7 +64,7 @@ def test_pd_target_with_the_tiny_teacher_network(teacher):
     x_s = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
     def teacher_x0(x, tau):
-        return predict_x0(teacher, Denoiser(teacher.unet, "cfg"), x.float(), tau, text, 3.0).double()
+        return teacher.denoiser(teacher.unet, "cfg")(x.float(), tau, text, 3.0).x0.double()
 
     x_t = teacher_two_steps(teacher_x0, x_s, s, u, t, schedule)
     a_s, s_s = schedule.alpha_sigma(s)
@@ -145,25 +145,23 @@ def test_guidance_embedding_features():
 def test_guided_student_starts_as_the_teacher(teacher):
     """The zero-initialised w-projection makes the stage-1 student equal the conditional teacher for every w."""
     from dreamdistill.distill.guided import guided_unet
-    from dreamdistill.distill.student import Denoiser, predict_x0
 
     student = guided_unet(teacher.unet, 16).eval()
     x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([900, 200])
     text = teacher.encode_text(["a red chair, front view"] * 2)
     with torch.no_grad():
-        plain = predict_x0(teacher, Denoiser(teacher.unet, "none"), x, t, text)
+        plain = teacher.denoiser(teacher.unet, "none")(x, t, text).x0
         for w in (1.0, 5.0):
-            torch.testing.assert_close(predict_x0(teacher, Denoiser(student, "embedded"), x, t, text, w), plain)
+            torch.testing.assert_close(teacher.denoiser(student, "embedded")(x, t, text, w).x0, plain)
         torch.nn.init.normal_(student.time_embedding.cond_proj.weight)
-        a = predict_x0(teacher, Denoiser(student, "embedded"), x, t, text, 1.0)
-        b = predict_x0(teacher, Denoiser(student, "embedded"), x, t, text, 5.0)
+        a = teacher.denoiser(student, "embedded")(x, t, text, 1.0).x0
+        b = teacher.denoiser(student, "embedded")(x, t, text, 5.0).x0
     assert not torch.allclose(a, b)
 
 
 def test_cfg_on_outputs_equals_cfg_on_eps(teacher):
-    """predict_x0's CFG on raw v outputs equals the teacher's CFG on ε (converted to x̂0)."""
+    """The denoiser's CFG on raw v outputs equals the teacher's CFG on ε (converted to x̂0)."""
     from dreamdistill.diffusion.schedule import x0_from_eps
-    from dreamdistill.distill.student import Denoiser, predict_x0
 
     x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([600, 100])
     text = teacher.encode_text(["a red chair, front view", "a blue mug, back view"])
@@ -171,7 +169,7 @@ def test_cfg_on_outputs_equals_cfg_on_eps(teacher):
         eps = teacher.predict_eps(x, t, text, guidance_scale=3.0)
         alpha, sigma = teacher.schedule.alpha_sigma(t)
         expected = x0_from_eps(x_t=x.double(), eps=eps.double(), alpha=alpha, sigma=sigma).float()
-        torch.testing.assert_close(predict_x0(teacher, Denoiser(teacher.unet, "cfg"), x, t, text, 3.0), expected,
+        torch.testing.assert_close(teacher.denoiser(teacher.unet, "cfg")(x, t, text, 3.0).x0, expected,
                                    atol=1e-4, rtol=1e-4)
 
 

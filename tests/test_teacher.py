@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from dreamdistill.diffusion.ddim import classifier_free_guidance
+from dreamdistill.diffusion.denoiser import classifier_free_guidance
 from dreamdistill.diffusion.teacher import Teacher, resolve_teacher_path
 from dreamdistill.errors import DreamDistillError
 

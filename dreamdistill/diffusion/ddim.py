@@ -1,4 +1,4 @@
-"""Deterministic DDIM (η = 0): the transition, classifier-free guidance and an N-step sampler."""
+"""Deterministic DDIM (η = 0): the transition and an N-step sampler (CFG lives in ``denoiser.py``)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,6 @@ def ddim_transition(*, x_s: torch.Tensor, x0: torch.Tensor, alpha_s, sigma_s, al
     ratio = _shape_like(sigma_t / sigma_s, x_s)
     coefficient = _shape_like(alpha_s * (alpha_t / alpha_s - sigma_t / sigma_s), x_s)
     return ratio * x_s + coefficient * x0
-
-
-def classifier_free_guidance(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale) -> torch.Tensor:
-    """ε̂ = ε_u + w (ε_c − ε_u); w = 1 is the conditional model, w = 0 the unconditional one."""
-    return eps_uncond + _shape_like(scale, eps_cond) * (eps_cond - eps_uncond)
 
 
 def ddim_step(

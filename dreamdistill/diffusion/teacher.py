@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dreamdistill.diffusion.ddim import classifier_free_guidance, ddim_sample
-from dreamdistill.diffusion.schedule import NoiseSchedule, eps_from_output
+from dreamdistill.diffusion.ddim import ddim_sample
+from dreamdistill.diffusion.denoiser import Denoiser, GuidanceMode
+from dreamdistill.diffusion.schedule import NoiseSchedule
 from dreamdistill.errors import DreamDistillError
 from dreamdistill.fileio import write_json_atomic
 from dreamdistill.paths import assets_dir
@@ -328,37 +329,31 @@ class Teacher:
         out = unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype), **unet_kwargs).sample
         return out.float()
 
-    def predict_eps(
-        self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, guidance_scale: float = 1.0,
-        uncond: torch.Tensor | None = None, unet=None, **unet_kwargs,
-    ) -> torch.Tensor:
+    def denoiser(self, unet=None, guidance: GuidanceMode | None = None) -> Denoiser:
+        """``unet`` (default: the teacher's own) behind the one denoiser convention (:mod:`diffusion.denoiser`).
+
+        ``guidance`` defaults to "embedded" for a guidance-distilled folder (w reaches the UNet through
+        ``timestep_cond``, see :func:`guidance_embedding`) and to "cfg" otherwise.
+        """
+        unet = unet or self.unet
+        guidance = guidance or ("embedded" if self.info.guidance_embedding else "cfg")
+
+        def network(x_t, t, text, guidance_weight=None, **unet_kwargs):
+            if guidance_weight is not None:
+                dim = getattr(unet, "module", unet).config.time_cond_proj_dim
+                unet_kwargs["timestep_cond"] = guidance_embedding(guidance_weight, dim).to(self.dtype)
+            return self.model_output(x_t, t, text, unet, **unet_kwargs)
+
+        return Denoiser(network, self.schedule, self.uncond_embedding, guidance)
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, guidance_scale: float = 1.0,
+                    unet=None) -> torch.Tensor:
         """ε̂(x_t; y) with classifier-free guidance ``guidance_scale`` (1 = conditional only), float32.
 
-        ``t`` holds integer timesteps [B]; the conditional and unconditional passes share one
-        network call. Works for ε-, v- and x0-prediction teachers. A guidance-embedded student
-        (``info.guidance_embedding``) takes w as an input instead: one pass, no unconditional branch.
+        ``t`` holds integer timesteps [B]; the conditional and unconditional passes share one network
+        call. Works for ε-, v- and x0-prediction teachers and guidance-embedded students.
         """
-        batch = x_t.shape[0]
-        t = torch.as_tensor(t, device=self.device).expand(batch)
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        if self.info.guidance_embedding and "timestep_cond" not in unet_kwargs:
-            w = torch.as_tensor(guidance_scale, dtype=torch.float32, device=self.device).expand(batch)
-            dim = (unet or self.unet).config.time_cond_proj_dim
-            unet_kwargs = {**unet_kwargs, "timestep_cond": guidance_embedding(w, dim).to(self.dtype)}
-            out = self.model_output(x_t, t, text, unet, **unet_kwargs)
-            return eps_from_output(out, x_t=x_t.float(), alpha=alpha, sigma=sigma, prediction_type=self.prediction_type)
-        if guidance_scale == 1.0:
-            out = self.model_output(x_t, t, text, unet, **unet_kwargs)
-            return eps_from_output(out, x_t=x_t.float(), alpha=alpha, sigma=sigma, prediction_type=self.prediction_type)
-        uncond = self.uncond_embedding(batch) if uncond is None else uncond
-        doubled = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in unet_kwargs.items()}
-        out = self.model_output(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, text]), unet, **doubled)
-        eps = eps_from_output(
-            out, x_t=torch.cat([x_t, x_t]).float(), alpha=torch.cat([alpha, alpha]),
-            sigma=torch.cat([sigma, sigma]), prediction_type=self.prediction_type,
-        )
-        eps_uncond, eps_cond = eps.chunk(2)
-        return classifier_free_guidance(eps_uncond, eps_cond, guidance_scale)
+        return self.denoiser(unet)(x_t, t, text, guidance_scale).eps
 
     @torch.no_grad()
     def sample(

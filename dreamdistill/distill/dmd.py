@@ -27,7 +27,7 @@ from torch import nn
 from dreamdistill.diffusion.schedule import add_noise, output_from_x0_eps
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.loop import Run, StepContext
-from dreamdistill.distill.student import Denoiser, TrainedStudent, generate, predict_x0, trainable_copy
+from dreamdistill.distill.student import TrainedStudent, generate, trainable_copy
 
 if TYPE_CHECKING:
     from dreamdistill.distill import DistillConfig
@@ -91,7 +91,7 @@ def _dmd_step(teacher: Teacher, prompts: list[str], pairs, timestep: int, config
     num_train = teacher.schedule.num_train_timesteps
     t_low = int(dmd.t_range[0] * num_train)
     t_high = max(int(dmd.t_range[1] * num_train), t_low + 1)
-    real = Denoiser(teacher.unet, "cfg")
+    real = teacher.denoiser(teacher.unet, "cfg")
     shape = teacher.model_shape
 
     def draw_prompts(ctx: StepContext) -> torch.Tensor:
@@ -122,8 +122,8 @@ def _dmd_step(teacher: Teacher, prompts: list[str], pairs, timestep: int, config
         alpha, sigma = teacher.schedule.alpha_sigma(t)
         x_t = add_noise(x0=x.detach(), eps=ctx.randn(batch_size, *shape), alpha=alpha, sigma=sigma)
         with torch.no_grad():
-            x0_real = predict_x0(teacher, real, x_t, t, text, config.cfg)
-            x0_fake = predict_x0(teacher, Denoiser(fake, "none"), x_t, t, text)
+            x0_real = real(x_t, t, text, config.cfg).x0
+            x0_fake = teacher.denoiser(fake, "none")(x_t, t, text).x0
         loss = dmd_loss = gradient_loss(x, dmd_gradient(x=x.detach(), x0_real=x0_real, x0_fake=x0_fake))
         losses = {"dmd": dmd_loss.item(), "fake": fake_loss.item()}
         if pairs is not None:

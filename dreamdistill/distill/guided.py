@@ -21,7 +21,7 @@ from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.data import PairSet
 from dreamdistill.distill.loop import Run, StepContext
 from dreamdistill.distill.progressive import pd_weight, progressive_rounds, weighted_x0_loss
-from dreamdistill.distill.student import Denoiser, TrainedStudent, predict_x0, save_student, unwrap
+from dreamdistill.distill.student import TrainedStudent, save_student, unwrap
 from dreamdistill.errors import DreamDistillError
 
 if TYPE_CHECKING:
@@ -68,8 +68,8 @@ def guided_stage1_loss(teacher: Teacher, student: nn.Module, x0: torch.Tensor, t
     alpha, sigma = teacher.schedule.alpha_sigma(t)
     x_t = add_noise(x0=x0, eps=eps, alpha=alpha, sigma=sigma)
     with torch.no_grad():
-        target = predict_x0(teacher, Denoiser(teacher.unet, "cfg"), x_t, t, text, w)
-    prediction = predict_x0(teacher, Denoiser(student, "embedded"), x_t, t, text, w)
+        target = teacher.denoiser(teacher.unet, "cfg")(x_t, t, text, w).x0
+    prediction = teacher.denoiser(student, "embedded")(x_t, t, text, w).x0
     return weighted_x0_loss(prediction, target, pd_weight(teacher.schedule.log_snr(t), parameterisation))
 
 
@@ -104,7 +104,7 @@ def distill_guided(run: Run, teacher: Teacher, config: DistillConfig) -> Trained
                      method="guided-stage1", guidance_embedding=True)
     run.wait()
     w_range = config.guided.w_range
-    unet = progressive_rounds(run, teacher, student_schedule(teacher), Denoiser(stage1, "embedded"), "embedded", data,
+    unet = progressive_rounds(run, teacher, student_schedule(teacher), (stage1, "embedded"), "embedded", data,
                               lambda ctx, batch: sample_guidance(ctx, batch, w_range), config.pd,
                               prefix="guided-pd")
     return TrainedStudent(unet, config.pd.student_steps, cfg=config.cfg, guidance_embedding=True)

@@ -26,7 +26,8 @@ from dreamdistill.diffusion.schedule import NoiseSchedule, _shape_like, add_nois
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.data import PairSet
 from dreamdistill.distill.loop import Run, StepContext
-from dreamdistill.distill.student import Denoiser, GuidanceMode, TrainedStudent, predict_x0, trainable_copy
+from dreamdistill.diffusion.denoiser import Denoiser, GuidanceMode
+from dreamdistill.distill.student import TrainedStudent, trainable_copy
 from dreamdistill.errors import DreamDistillError
 
 if TYPE_CHECKING:
@@ -138,11 +139,11 @@ def _round_step(teacher: Teacher, schedule: NoiseSchedule, current: Denoiser, st
         x_s = add_noise(x0=x0, eps=ctx.randn(*x0.shape), alpha=alpha_s, sigma=sigma_s)
         with torch.no_grad():
             def teacher_x0(x, tau):
-                return predict_x0(teacher, current, x, tau, text, w)
+                return current(x, tau, text, w).x0
 
             x_t = teacher_two_steps(teacher_x0, x_s, s, u, t, schedule)
             target = pd_target(x_s=x_s, x_t=x_t, alpha_s=alpha_s, sigma_s=sigma_s, alpha_t=alpha_t, sigma_t=sigma_t)
-        x0_student = predict_x0(teacher, Denoiser(ctx.models["student"], student_guidance), x_s, s, text, w)
+        x0_student = teacher.denoiser(ctx.models["student"], student_guidance)(x_s, s, text, w).x0
         loss = weighted_x0_loss(x0_student, target, pd_weight(schedule.log_snr(s), config.parameterisation))
         ctx.update("student", loss)
         return {"loss": loss.item()}
@@ -150,22 +151,22 @@ def _round_step(teacher: Teacher, schedule: NoiseSchedule, current: Denoiser, st
     return step
 
 
-def progressive_rounds(run: Run, teacher: Teacher, schedule: NoiseSchedule, first: Denoiser,
+def progressive_rounds(run: Run, teacher: Teacher, schedule: NoiseSchedule, first: tuple[torch.nn.Module, GuidanceMode],
                        student_guidance: GuidanceMode, data: PairSet, sample_w: GuidanceSampler, config: PDConfig,
                        prefix: str = "pd") -> torch.nn.Module:
     """Run every round from ``config.teacher_steps`` to ``config.student_steps``; returns the last student's UNet.
 
-    ``first`` is the round-1 teacher (the CFG teacher, or a guidance-embedded stage-1 student); each
-    student starts as a copy of its teacher's UNet and is called with ``student_guidance``.
+    ``first`` is the round-1 teacher as (UNet, guidance mode): the CFG teacher, or a guidance-embedded stage-1
+    student; each student starts as a copy of its teacher's UNet and is called with ``student_guidance``.
     """
-    current = first
+    unet, guidance = first
     for teacher_steps, student_steps in pd_rounds(config.teacher_steps, config.student_steps):
-        student = trainable_copy(current.unet)
-        step = _round_step(teacher, schedule, current, student_guidance, data, sample_w, student_steps, config,
-                           run.config.batch_size)
-        trained = run.phase(f"{prefix}-{teacher_steps}to{student_steps}", {"student": student}, step)["student"]
-        current = Denoiser(trained, student_guidance)
-    return current.unet
+        step = _round_step(teacher, schedule, teacher.denoiser(unet, guidance), student_guidance, data, sample_w,
+                           student_steps, config, run.config.batch_size)
+        phase = f"{prefix}-{teacher_steps}to{student_steps}"
+        unet = run.phase(phase, {"student": trainable_copy(unet)}, step)["student"]
+        guidance = student_guidance
+    return unet
 
 
 def distill_pd(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStudent:
@@ -175,6 +176,6 @@ def distill_pd(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStud
 
     cfg = config.cfg
     data = clean_images(run, teacher, training_prompts(teacher, config.prompts), cfg, config.data)
-    unet = progressive_rounds(run, teacher, student_schedule(teacher), Denoiser(teacher.unet, "cfg"), "none", data,
+    unet = progressive_rounds(run, teacher, student_schedule(teacher), (teacher.unet, "cfg"), "none", data,
                               lambda ctx, batch: cfg, config.pd)
     return TrainedStudent(unet, config.pd.student_steps, cfg=1.0)

@@ -1,6 +1,7 @@
-"""Students and teachers as denoisers: how a UNet is called (CFG, embedded w, plain), and how a student is saved.
+"""Students: the one-step generator call, trainable copies of the teacher's UNet, and how a student is saved.
 
-Every method predicts x̂0 through :func:`predict_x0` and steps with DDIM (``diffusion/ddim.py``).
+Every method predicts x̂0 through the one denoiser convention (``teacher.denoiser(unet, guidance)``,
+see ``diffusion/denoiser.py``) and steps with DDIM (``diffusion/ddim.py``).
 Students always sample on the *trailing* grid of the teacher's noise schedule (so a one-step
 student starts at t = T − 1, pure noise); their saved scheduler says so, which makes
 ``dreamdistill sample --model STUDENT --steps K`` walk exactly the timesteps the student was trained on.
@@ -14,29 +15,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
-from dreamdistill.diffusion.ddim import classifier_free_guidance
-from dreamdistill.diffusion.schedule import NoiseSchedule, x0_from_output
-from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, Teacher, guidance_embedding
+from dreamdistill.diffusion.schedule import NoiseSchedule
+from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, Teacher
 from dreamdistill.errors import DreamDistillError
-
-GuidanceMode = Literal["cfg", "embedded", "none"]
-
-
-@dataclass
-class Denoiser:
-    """A UNet with the teacher's prediction type, and how the guidance weight w reaches it."""
-
-    unet: nn.Module
-    guidance: GuidanceMode
-    """cfg: unconditional + conditional passes combined with weight w (two network evaluations);
-    embedded: w is an input through ``timestep_cond`` (one evaluation); none: the conditional pass only
-    (w is ignored: a student with the guidance baked in)."""
-
 
 @dataclass
 class TrainedStudent:
@@ -56,40 +41,11 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
-def predict_x0(teacher: Teacher, denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-               w: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """x̂0(x_t; y, w) [B, C, H, W] float32 from any prediction type.
-
-    CFG is applied to the raw network output, out_u + w (out_c − out_u): the conversions to ε and x0
-    are affine in the output with the same x_t, so this equals guiding ε, and it avoids dividing
-    float32 ε by a tiny α_t near t = T.
-    """
-    batch = x_t.shape[0]
-    t = torch.as_tensor(t, device=x_t.device).expand(batch)
-    alpha, sigma = teacher.schedule.alpha_sigma(t)
-    unet = denoiser.unet
-    plain = denoiser.guidance == "none" or (denoiser.guidance == "cfg" and not torch.is_tensor(w) and w == 1.0)
-    if plain:
-        out = teacher.model_output(x_t, t, text, unet)
-    elif denoiser.guidance == "cfg":
-        uncond = teacher.uncond_embedding(batch)
-        out_u, out_c = teacher.model_output(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, text]),
-                                            unet).chunk(2)
-        out = classifier_free_guidance(out_u, out_c, torch.as_tensor(w, device=x_t.device, dtype=out_c.dtype))
-    elif denoiser.guidance == "embedded":
-        weights = torch.as_tensor(w, dtype=torch.float32, device=x_t.device).expand(batch)
-        condition = guidance_embedding(weights, unwrap(unet).config.time_cond_proj_dim)
-        out = teacher.model_output(x_t, t, text, unet, timestep_cond=condition.to(teacher.dtype))
-    else:
-        raise ValueError(f"unknown guidance mode {denoiser.guidance!r}")
-    return x0_from_output(out, x_t=x_t.float(), alpha=alpha, sigma=sigma, prediction_type=teacher.prediction_type)
-
-
 def generate(teacher: Teacher, generator: nn.Module, noise: torch.Tensor, text: torch.Tensor,
              timestep: int) -> torch.Tensor:
     """One-step generation G(z; y) = x̂0 of the generator UNet at the first sampling timestep."""
     t = torch.full((noise.shape[0],), timestep, device=noise.device, dtype=torch.long)
-    return predict_x0(teacher, Denoiser(generator, "none"), noise, t, text)
+    return teacher.denoiser(generator, "none")(noise, t, text).x0
 
 
 def trainable_copy(unet: nn.Module) -> nn.Module:

@@ -98,10 +98,30 @@ def view_prompt(prompt: str, view: str) -> str:
 
 
 class SDS:
-    """SDS on a frozen teacher; call with rendered images and get the surrogate loss."""
+    """SDS on a frozen teacher; call with rendered images and get the surrogate loss.
+
+    The guidance protocol the 3D loop relies on (SDS and VSD alike): ``__call__(images, views, progress,
+    generator, camera)`` -> dict with "loss"; ``after_step(result, generator)`` -> extra stats (VSD trains its
+    critic there); ``state_dict()`` / ``load_state_dict(state)`` for checkpoints; ``close()`` undoes any change
+    made to the shared teacher.
+    """
 
     def __init__(self, teacher, prompt: str, config: GuidanceConfig):
         self.teacher, self.prompt, self.config = teacher, prompt, config
+
+    def after_step(self, result: dict, generator: torch.Generator | None = None) -> dict[str, float]:
+        """Work after the scene's update (nothing for SDS)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Trainable state of the guidance itself (none for SDS)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (nothing for SDS)."""
+
+    def close(self) -> None:
+        """Leave the shared teacher as it was (nothing to undo for SDS)."""
 
     def text_for(self, views: list[str] | None, batch: int) -> torch.Tensor:
         """Cached prompt embeddings [B, L, D], view-dependent when enabled and views are given."""
@@ -139,8 +159,10 @@ class SDS:
         return x, t, eps, add_noise(x0=x.detach().float(), eps=eps.float(), alpha=alpha, sigma=sigma), alpha, sigma
 
     def __call__(self, images: torch.Tensor, views: list[str] | None = None, progress: float = 0.0,
-                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Surrogate loss for renders [B, 3, H, W] in [0, 1]; also returns grad norm and timesteps."""
+                 generator: torch.Generator | None = None, camera: torch.Tensor | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """Surrogate loss for renders [B, 3, H, W] in [0, 1]; also returns grad norm and timesteps
+        (``camera`` is unused by SDS)."""
         x, t, eps, x_t, alpha, sigma = self.noised(images, progress, generator)
         text = self.text_for(views, x.shape[0])
         with torch.no_grad():

@@ -3,9 +3,10 @@
 The critic s_ζ is a LoRA on the teacher's own UNet (peft, adapter "vsd_critic"), made
 camera-conditioned by adding an MLP embedding of the camera to the UNet's time embedding
 (a forward hook on ``unet.time_embedding`` that is active only while the critic runs).
-With the adapter disabled and the hook idle the UNet is exactly the frozen teacher.
-The critic is trained by denoising score matching on the current renders (detached), with
-its own optimiser, several steps per scene step and condition dropout for its own CFG.
+With the adapter switched off and the hook idle the UNet is exactly the frozen teacher.
+The critic's LoRA tensors and camera MLP (nothing else) are trained by denoising score matching
+on the current renders (detached), in the teacher's prediction type, with their own AdamW,
+``steps_per_scene_step`` steps per scene step and condition dropout for the critic's own CFG.
 Replacing ε̂_critic by the sampled noise ε (s_ζ ≡ 0 in score terms) recovers SDS.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dreamdistill.diffusion.denoiser import Denoiser
 from dreamdistill.diffusion.schedule import add_noise, output_from_x0_eps
 from dreamdistill.guidance.sds import (
     SDS,
@@ -60,17 +62,25 @@ class CameraEmbedding(torch.nn.Module):
 
 
 class LoRACritic(torch.nn.Module):
-    """s_ζ: LoRA adapter on the teacher's UNet plus a camera embedding added to the time embedding."""
+    """s_ζ: LoRA adapter on the teacher's UNet plus a camera embedding added to the time embedding.
+
+    The adapter is switched by flipping each LoRA layer's own on/off flag (a cached list of layers, no module
+    walk, and — unlike peft's ``disable_adapters`` — no change to ``requires_grad``): a forward pass run while the
+    critic is on keeps its LoRA tensors in the autograd graph, so ``backward`` after the context still reaches
+    them. :meth:`close` removes the adapter and the hook, leaving the teacher as it was.
+    """
 
     def __init__(self, teacher, config: CriticConfig):
         super().__init__()
         from peft import LoraConfig
+        from peft.tuners.tuners_utils import BaseTunerLayer
 
         self.teacher, self.config = teacher, config
         unet = teacher.unet
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights=True,
                           target_modules=["to_q", "to_k", "to_v", "to_out.0"])
         unet.add_adapter(lora, adapter_name=ADAPTER_NAME)
+        self._lora_layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
         for name, parameter in unet.named_parameters():
             parameter.requires_grad_(ADAPTER_NAME in name)
         # LoRA weights train in float32 even when the teacher runs in half precision.
@@ -80,13 +90,24 @@ class LoRACritic(torch.nn.Module):
         time_dim = unet.time_embedding.linear_2.out_features
         self.camera_embedding = CameraEmbedding(time_dim).to(teacher.device)
         self._camera: torch.Tensor | None = None
-        unet.time_embedding.register_forward_hook(self._add_camera)
-        unet.disable_adapters()
+        self._hook = unet.time_embedding.register_forward_hook(self._add_camera)
+        self._switch(False)
+
+    def _switch(self, on: bool) -> None:
+        """Adapter on (the UNet is the critic) or off (the frozen teacher); requires_grad is left alone."""
+        for layer in self._lora_layers:
+            layer._disable_adapters = not on  # peft's own flag, read by every LoRA layer's forward
 
     def _add_camera(self, module, inputs, output):
         if self._camera is None:
             return output
         return output + self.camera_embedding(self._camera).to(output.dtype)
+
+    def close(self) -> None:
+        """Remove the adapter and the camera hook: the teacher's UNet is exactly as before the critic."""
+        self._hook.remove()
+        self.teacher.unet.delete_adapters(ADAPTER_NAME)
+        self._lora_layers = []
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return self.lora_parameters + list(self.camera_embedding.parameters())
@@ -110,24 +131,29 @@ class LoRACritic(torch.nn.Module):
     @contextlib.contextmanager
     def active(self, camera: torch.Tensor | None):
         """Within this context the teacher's UNet is the critic (adapter on, camera added)."""
-        self.teacher.unet.enable_adapters()
+        self._switch(True)
         self._camera = camera
         try:
             yield
         finally:
             self._camera = None
-            self.teacher.unet.disable_adapters()
+            self._switch(False)
+
+    def network(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+        """The critic's raw output f_ζ(x_t; y, c) in the teacher's prediction type (float32)."""
+        with self.active(camera):
+            return self.teacher.model_output(x_t, t, text)
+
+    def denoiser(self) -> Denoiser:
+        """The critic behind the project's one denoiser convention (its CFG drops text and camera together)."""
+        return Denoiser(self.network, self.teacher.schedule, self.teacher.uncond_embedding)
 
     def predict_eps(self, x_t, t, text, camera, guidance_scale: float | None = None) -> torch.Tensor:
         """ε̂_critic(x_t; y, c) with the critic's CFG (unconditional = empty prompt and no camera)."""
         scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
-        with self.active(camera):
-            cond = self.teacher.predict_eps(x_t, t, text, 1.0)
-        if scale == 1.0:
-            return cond
-        with self.active(torch.zeros_like(camera)):
-            uncond = self.teacher.predict_eps(x_t, t, self.teacher.uncond_embedding(x_t.shape[0]), 1.0)
-        return uncond + scale * (cond - uncond)
+        prediction = self.denoiser()(x_t, t, text, scale, camera=camera,
+                                     uncond_conditions={"camera": torch.zeros_like(camera)})
+        return prediction.eps
 
     def denoising_loss(self, x0: torch.Tensor, text: torch.Tensor, camera: torch.Tensor,
                        generator: torch.Generator | None = None) -> torch.Tensor:
@@ -144,9 +170,7 @@ class LoRACritic(torch.nn.Module):
         drop = torch.rand(batch, generator=generator).to(x0.device) < self.config.condition_dropout
         text = torch.where(drop[:, None, None], self.teacher.uncond_embedding(batch), text)
         camera = torch.where(drop[:, None], torch.zeros_like(camera), camera)
-        with self.active(camera):
-            prediction = self.teacher.model_output(x_t, t, text)
-        return F.mse_loss(prediction, target.float())
+        return F.mse_loss(self.network(x_t, t, text, camera), target.float())
 
 
 class VSD(SDS):
@@ -184,3 +208,18 @@ class VSD(SDS):
             self.critic_optimizer.step()
             losses.append(loss.item())
         return sum(losses) / len(losses)
+
+    def after_step(self, result: dict, generator: torch.Generator | None = None) -> dict[str, float]:
+        """The critic's DSM steps on this step's renders."""
+        return {"critic_loss": self.train_critic(result["model_x"], result["text"], result["camera"], generator)}
+
+    def state_dict(self) -> dict:
+        return {"critic": self.critic.adapter_state_dict(), "critic_optimizer": self.critic_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "critic" in state:
+            self.critic.load_adapter_state_dict(state["critic"])
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+    def close(self) -> None:
+        self.critic.close()
