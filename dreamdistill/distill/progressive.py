@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from dreamdistill.diffusion.ddim import ddim_transition
+from dreamdistill.diffusion.denoiser import Denoiser, GuidanceMode
 from dreamdistill.diffusion.schedule import NoiseSchedule, _shape_like, add_noise
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.data import PairSet
 from dreamdistill.distill.loop import Run, StepContext
-from dreamdistill.diffusion.denoiser import Denoiser, GuidanceMode
 from dreamdistill.distill.student import TrainedStudent, trainable_copy
 from dreamdistill.errors import DreamDistillError
 

@@ -23,6 +23,7 @@ from dreamdistill.diffusion.schedule import NoiseSchedule
 from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, Teacher
 from dreamdistill.errors import DreamDistillError
 
+
 @dataclass
 class TrainedStudent:
     """What a method hands back to be saved: the UNet and how to sample it."""
