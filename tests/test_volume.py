@@ -156,3 +156,18 @@ def test_empty_field_shows_the_background():
     out = render(Empty(), torch.tensor([0.1, 0.2, 0.3]), orbit_cameras(2), 8)
     assert torch.allclose(out.image, torch.tensor([0.1, 0.2, 0.3])[None, :, None, None].expand(2, 3, 8, 8))
     assert out.opacity.abs().max() == 0 and math.isclose(float(out.depth.abs().max()), 0.0)
+
+
+def test_orientation_penalty_is_per_sample_with_detached_weights():
+    """Σ_i sg(w_i) max(0, n_i·d)²: opposite normals on one ray do not cancel (0.5·1 + 0.3·0, not (0.5 − 0.3)²),
+    and the penalty cannot fall by lowering the weights (no gradient reaches them); the normals get one."""
+    from dreamdistill.render.volume import orientation_penalty
+
+    weights = torch.tensor([0.5, 0.3], requires_grad=True)
+    normals = torch.tensor([[0.0, 0.6, 0.8], [0.0, 0.0, -1.0]], requires_grad=True)
+    direction = torch.tensor([[0.0, 0.0, 1.0]]).expand(2, 3)
+    penalty = orientation_penalty(weights, normals, direction)
+    torch.testing.assert_close(penalty, torch.tensor([0.5 * 0.8**2, 0.0]))
+    penalty.sum().backward()
+    assert weights.grad is None
+    torch.testing.assert_close(normals.grad, torch.tensor([[0.0, 0.0, 2 * 0.5 * 0.8], [0.0, 0.0, 0.0]]))

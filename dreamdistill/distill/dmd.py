@@ -9,9 +9,11 @@ In x0 form (DMD eq. 7–8):
 
     grad = (x̂0_fake(x_t) − x̂0_real(x_t)) / mean_pixels |x − x̂0_real(x_t)|,
 
-which is (α_t/σ_t)(ε̂_real − ε̂_fake) up to the normaliser, i.e. σ_t²/α_t (s_fake − s_real) with scores
-s = −ε/σ: descending it moves x towards the real denoiser's x̂0 and away from the fake one's (the
-VSD direction ε̂_teacher − ε̂_critic; DESIGN.md's "(ε̂_fake − ε̂_real)" is the score difference).
+which is (σ_t/α_t)(ε̂_real − ε̂_fake) up to the normaliser (x̂0 = (x_t − σ_t ε̂)/α_t), i.e.
+(σ_t²/α_t)(s_fake − s_real) with scores s = −ε/σ: descending it moves x towards the real denoiser's x̂0
+and away from the fake one's (the VSD direction ε̂_teacher − ε̂_critic). The normaliser is the one in
+DMD2's released code (per sample, the mean absolute gap between x and the real x̂0), not DMD's
+paper weighting; the real score uses CFG (weight ``cfg``), the fake score none.
 An optional regression loss ‖G(z_i) − x0_i‖² to cached teacher rollouts keeps the modes (DMD §3.3).
 """
 
@@ -24,10 +26,11 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from dreamdistill.diffusion.schedule import add_noise, output_from_x0_eps
+from dreamdistill.diffusion.dsm import denoising_loss
+from dreamdistill.diffusion.schedule import add_noise
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.loop import Run, StepContext
-from dreamdistill.distill.student import TrainedStudent, generate, trainable_copy
+from dreamdistill.distill.student import TrainedStudent, check_one_step_teacher, generate, trainable_copy
 
 if TYPE_CHECKING:
     from dreamdistill.distill import DistillConfig
@@ -64,13 +67,6 @@ def dmd_gradient(*, x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tenso
 def gradient_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """Surrogate ½‖x − sg(x − grad)‖² (mean over elements), whose gradient in x is grad / numel."""
     return 0.5 * (x.float() - (x - grad).detach().float()).square().mean()
-
-
-def denoising_loss(output: torch.Tensor, *, x0: torch.Tensor, eps: torch.Tensor, alpha, sigma,
-                   prediction_type: str) -> torch.Tensor:
-    """Denoising score matching, eq. E ‖f(x_t, t) − target(x0, ε)‖² in the network's prediction type."""
-    target = output_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma, prediction_type=prediction_type)
-    return (output.float() - target.float()).square().mean()
 
 
 # ------------------------------------------------------------------------------------------- networks
@@ -141,6 +137,7 @@ def distill_dmd(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStu
     from dreamdistill.distill.data import teacher_rollouts, training_prompts
     from dreamdistill.distill.student import student_schedule
 
+    check_one_step_teacher(teacher)
     prompts = training_prompts(teacher, config.prompts)
     pairs = None
     if config.dmd.regression_weight > 0:

@@ -14,7 +14,7 @@ import torch
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.data import PairSet
 from dreamdistill.distill.loop import Run, StepContext
-from dreamdistill.distill.student import TrainedStudent, generate, trainable_copy
+from dreamdistill.distill.student import TrainedStudent, check_one_step_teacher, generate, trainable_copy
 
 if TYPE_CHECKING:
     from dreamdistill.distill import DistillConfig
@@ -40,6 +40,7 @@ def distill_kd(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStud
     from dreamdistill.distill.data import teacher_rollouts, training_prompts
     from dreamdistill.distill.student import student_schedule
 
+    check_one_step_teacher(teacher)
     pairs = teacher_rollouts(run, teacher, training_prompts(teacher, config.prompts), config.cfg, config.data)
     timestep = int(student_schedule(teacher).timesteps(1)[0])
     student = run.phase("kd", {"student": trainable_copy(teacher.unet)},

@@ -42,6 +42,22 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+MIN_ONE_STEP_ALPHA = 0.1
+"""A one-step ε-prediction student needs α_T ≥ this: x̂0 = (x − σ ε̂)/α multiplies ε errors by σ/α."""
+
+
+def check_one_step_teacher(teacher: Teacher) -> None:
+    """Refuse a one-step student (KD, DMD) of an ε-prediction teacher whose α at the first timestep is tiny."""
+    schedule = student_schedule(teacher)
+    first = schedule.timesteps(1)
+    alpha, sigma = (float(v) for v in schedule.alpha_sigma(first))
+    if schedule.prediction_type == "epsilon" and alpha < MIN_ONE_STEP_ALPHA:
+        raise DreamDistillError(
+            f"a one-step student of this ε-prediction teacher would read x̂0 = (x − σ ε̂)/α at t = {int(first[0])}, "
+            f"where α = {alpha:.2g}: ε errors grow {sigma / alpha:.0f}×; distill a v-prediction teacher, or use "
+            "`distill pd` / `distill guided` (several steps)")
+
+
 def generate(teacher: Teacher, generator: nn.Module, noise: torch.Tensor, text: torch.Tensor,
              timestep: int) -> torch.Tensor:
     """One-step generation G(z; y) = x̂0 of the generator UNet at the first sampling timestep."""

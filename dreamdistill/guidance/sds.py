@@ -19,13 +19,13 @@ class GuidanceConfig:
     guidance_scale: float = 30.0
     """Classifier-free guidance of the teacher (DreamFusion used 100 with Imagen; VSD uses ~7.5)."""
     weighting: Weighting = "sigma_sq"
-    """w(t): sigma_sq = 1 − ᾱ_t (DreamFusion), uniform = 1, sds_snr = σ_t/α_t·… (see ``timestep_weight``)."""
+    """w(t): sigma_sq = 1 − ᾱ_t (DreamFusion), uniform = 1, sds_snr = min(σ_t/α_t, 10) (weighs high noise more)."""
     t_range: tuple[float, float] = (0.02, 0.98)
     """Timestep range at the start, as fractions of the teacher's T."""
     t_range_end: tuple[float, float] = (0.02, 0.50)
     """Timestep range at the end of the run (linear annealing from ``t_range``)."""
     grad_clip: float | None = None
-    """Clip each sample's gradient to this L2 norm per element (None: off)."""
+    """Clip each sample's gradient to this root-mean-square value per element (None: off)."""
     view_prompts: bool = True
     """Append ", front/side/back/overhead view" to the prompt from each camera."""
     view_contrast: float = 0.0
@@ -46,7 +46,7 @@ def sample_timesteps(batch: int, t_min: float, t_max: float, num_train: int, gen
 
 
 def timestep_weight(alpha: torch.Tensor, sigma: torch.Tensor, weighting: Weighting) -> torch.Tensor:
-    """w(t): σ² = 1 − ᾱ (DreamFusion), 1 (uniform), or σ/α clipped (a high-noise-heavy choice)."""
+    """w(t): σ² = 1 − ᾱ (DreamFusion), 1 (uniform), or min(σ/α, 10) (sds_snr: weighs high noise more)."""
     if weighting == "sigma_sq":
         return sigma**2
     if weighting == "uniform":
@@ -169,4 +169,4 @@ class SDS:
             eps_teacher = self.teacher_eps(x_t, t, text, views)
         weight = timestep_weight(alpha, sigma, self.config.weighting).float()
         grad = distillation_gradient(eps_teacher, eps.float(), weight, self.config.grad_clip)
-        return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t}
+        return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t, "eps": eps}

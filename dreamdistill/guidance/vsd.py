@@ -16,10 +16,10 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from dreamdistill.diffusion.denoiser import Denoiser
-from dreamdistill.diffusion.schedule import add_noise, output_from_x0_eps
+from dreamdistill.diffusion.dsm import denoising_loss
+from dreamdistill.diffusion.schedule import add_noise
 from dreamdistill.guidance.sds import (
     SDS,
     GuidanceConfig,
@@ -156,21 +156,25 @@ class LoRACritic(torch.nn.Module):
         return prediction.eps
 
     def denoising_loss(self, x0: torch.Tensor, text: torch.Tensor, camera: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """DSM on renders: ‖f_ζ(α x0 + σ ε; y, c) − target‖² with the teacher's prediction type."""
+                       generator: torch.Generator | None = None, *, t: torch.Tensor | None = None,
+                       eps: torch.Tensor | None = None) -> torch.Tensor:
+        """DSM on renders x0 (model space): ‖f_ζ(α x0 + σ ε; y, c) − target‖², target in the teacher's prediction
+        type; t uniform in ``t_range`` and ε ~ N(0, I) unless given; text and camera dropped together with
+        probability ``condition_dropout``."""
         batch = x0.shape[0]
         schedule = self.teacher.schedule
-        low, high = self.config.t_range
-        t = sample_timesteps(batch, low, high, schedule.num_train_timesteps, generator).to(x0.device)
-        eps = torch.randn(x0.shape, generator=generator).to(x0)
+        if t is None:
+            low, high = self.config.t_range
+            t = sample_timesteps(batch, low, high, schedule.num_train_timesteps, generator)
+        t = t.to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0) if eps is None else eps.to(x0)
         alpha, sigma = schedule.alpha_sigma(t)
         x_t = add_noise(x0=x0.float(), eps=eps.float(), alpha=alpha, sigma=sigma)
-        target = output_from_x0_eps(x0=x0.float(), eps=eps.float(), alpha=alpha, sigma=sigma,
-                                    prediction_type=schedule.prediction_type)
         drop = torch.rand(batch, generator=generator).to(x0.device) < self.config.condition_dropout
         text = torch.where(drop[:, None, None], self.teacher.uncond_embedding(batch), text)
         camera = torch.where(drop[:, None], torch.zeros_like(camera), camera)
-        return F.mse_loss(self.network(x_t, t, text, camera), target.float())
+        return denoising_loss(self.network(x_t, t, text, camera), x0=x0, eps=eps, alpha=alpha, sigma=sigma,
+                              prediction_type=schedule.prediction_type)
 
 
 class VSD(SDS):
@@ -195,7 +199,7 @@ class VSD(SDS):
         weight = timestep_weight(alpha, sigma, self.config.weighting).float()
         grad = distillation_gradient(eps_teacher, eps_critic, weight, self.config.grad_clip)
         return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t,
-                "model_x": x.detach(), "text": text, "camera": camera}
+                "eps": eps, "model_x": x.detach(), "text": text, "camera": camera}
 
     def train_critic(self, model_x: torch.Tensor, text: torch.Tensor, camera: torch.Tensor,
                      generator: torch.Generator | None = None) -> float:

@@ -105,6 +105,7 @@ class RayOutput:
     depth: torch.Tensor  # [R] sum of w * t
     normal: torch.Tensor | None  # [R, 3] sum of w * n
     samples: int  # field samples evaluated
+    orientation: torch.Tensor | None = None  # [R] Σ_i sg(w_i) max(0, n_i·d)² (with normals)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class RenderOutput:
     depth: torch.Tensor  # [B, 1, H, W]
     normal: torch.Tensor | None  # [B, 3, H, W]
     samples: int
+    orientation: torch.Tensor | None = None  # [B, 1, H, W] per-ray orientation penalty (with normals)
 
 
 # ---- pure helpers -------------------------------------------------------------------------------------
@@ -272,9 +274,19 @@ def render_rays(
     color = segment_sum(weights[:, None] * rgb, rays, ray_count)  # [R, 3]
     depth = segment_sum(weights * t, rays, ray_count)  # [R]
     normal = segment_sum(weights[:, None] * normals, rays, ray_count) if normals is not None else None
+    orientation = None
+    if return_normals:
+        orientation = segment_sum(orientation_penalty(weights, normals, directions[rays]), rays, ray_count)
     if background is not None:
         color = color + (1 - opacity)[:, None] * background
-    return RayOutput(color, opacity, depth, normal, int(rays.numel()))
+    return RayOutput(color, opacity, depth, normal, int(rays.numel()), orientation)
+
+
+def orientation_penalty(weights: torch.Tensor, normals: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Per sample sg(w_i)·max(0, n_i·d)² (DreamFusion / Ref-NeRF orientation loss; summed per ray by the caller):
+    normals facing away from the camera are penalised, with the weights detached so the loss cannot fall by
+    lowering opacity, and per sample so opposite normals along a ray cannot cancel."""
+    return weights.detach() * (normals * directions).sum(dim=-1).clamp(min=0.0).pow(2)
 
 
 def _sample_nerfacc(
@@ -378,10 +390,12 @@ def render(
         return flat.permute(0, 3, 1, 2).contiguous()
 
     normals = [p.normal for p in parts if p.normal is not None]
+    orientation = [p.orientation[:, None] for p in parts if p.orientation is not None]
     return RenderOutput(
         image=image([p.color for p in parts], 3),
         opacity=image([p.opacity[:, None] for p in parts], 1),
         depth=image([p.depth[:, None] for p in parts], 1),
         normal=image(normals, 3) if len(normals) == len(parts) else None,
         samples=sum(p.samples for p in parts),
+        orientation=image(orientation, 1) if len(orientation) == len(parts) else None,
     )

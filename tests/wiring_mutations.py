@@ -1,0 +1,66 @@
+"""Break the training-step wiring by hand, one mutation at a time, and check that tests/test_wiring.py fails.
+
+    python tests/wiring_mutations.py        # prints CAUGHT / MISSED per mutation; exit 1 if any is missed
+
+Each row: (file, exact original text, broken text, the -k expression of the tests that must catch it).
+Every file is restored after its run. Not part of the suite (it reruns pytest 14 times, ~2 minutes).
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SDS, VSD = "dreamdistill/guidance/sds.py", "dreamdistill/guidance/vsd.py"
+MUTATIONS = [
+    (SDS, "        return sigma**2", "        return sigma", "test_sds_image_gradient"),
+    (SDS, "eps=eps.float(), alpha=alpha, sigma=sigma), alpha, sigma",
+     "eps=eps.float(), alpha=sigma, sigma=alpha), alpha, sigma", "test_sds_image_gradient"),
+    (SDS, "* (eps_target - eps_reference)", "* (eps_reference - eps_target)",
+     "test_sds_image_gradient or test_vsd_gradient"),
+    (SDS, "    progress = min(max(progress, 0.0), 1.0)", "    progress = 0.0", "test_timesteps_follow"),
+    (VSD, "prediction_type=schedule.prediction_type)", 'prediction_type="epsilon")', "test_critic_dsm_target"),
+    (VSD, "        with self.active(camera):\n            return",
+     "        with self.active(None):\n            return", "test_critic_sees"),
+    (VSD, "            layer._disable_adapters = not on", "            layer.enable_adapters(on)",
+     "test_critic_training_moves"),
+    (VSD, "eps_critic = self.critic.predict_eps(x_t, t, text, camera)", "eps_critic = eps", "test_vsd_gradient"),
+    ("dreamdistill/distill/progressive.py", "pd_weight(schedule.log_snr(s)", "pd_weight(schedule.log_snr(t)",
+     "test_pd_round"),
+    ("dreamdistill/distill/progressive.py", "x0=x0_fn(x_u, u), alpha_s=alpha_u", "x0=x0_fn(x_u, s), alpha_s=alpha_u",
+     "test_pd_round"),
+    ("dreamdistill/distill/guided.py", "(x_t, t, text, w).x0\n    prediction", "(x_t, t, text, 1.0).x0\n    prediction",
+     "test_guided_stage1"),
+    ("dreamdistill/distill/kd.py", "timestep = int(student_schedule(teacher).timesteps(1)[0])", "timestep = 0",
+     "test_kd_student"),
+    ("dreamdistill/distill/dmd.py", "x0_real=x0_real, x0_fake=x0_fake", "x0_real=x0_fake, x0_fake=x0_real",
+     "test_dmd"),
+    ("dreamdistill/distill/dmd.py", "x0_real = real(x_t, t, text, config.cfg).x0",
+     "x0_real = real(x_t, t, text, 1.0).x0", "test_dmd"),
+]
+
+
+def main() -> int:
+    missed = 0
+    for name, old, new, tests in MUTATIONS:
+        path = ROOT / name
+        source = path.read_text()
+        if source.count(old) != 1:
+            print(f"STALE  {name}: {old!r} is not in the file once; update this table")
+            missed += 1
+            continue
+        path.write_text(source.replace(old, new))
+        try:
+            result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "tests/test_wiring.py", "-k", tests],
+                                    cwd=ROOT, capture_output=True, text=True)
+        finally:
+            path.write_text(source)
+        caught = result.returncode != 0
+        missed += not caught
+        print(f"{'CAUGHT' if caught else 'MISSED'} {name}: {new.strip()[:70]!r}", flush=True)
+    print(f"{len(MUTATIONS) - missed} of {len(MUTATIONS)} mutations caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
