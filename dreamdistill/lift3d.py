@@ -40,11 +40,14 @@ from dreamdistill.fileio import save_image_atomic, torch_save_atomic, write_json
 from dreamdistill.guidance.sds import SDS, GuidanceConfig
 from dreamdistill.guidance.vsd import VSD, CriticConfig
 from dreamdistill.render.cameras import CameraRanges, Cameras, orbit_cameras, sample_cameras
+from dreamdistill.render.config import RenderConfig
+from dreamdistill.render.lights import camera_light
 from dreamdistill.render.occupancy import OccupancyGrid
-from dreamdistill.render.volume import Light, Shading, render
-from dreamdistill.scene.background import Background, BackgroundMode
+from dreamdistill.render.volume import Shading, render
+from dreamdistill.scene.background import Background
+from dreamdistill.scene.config import SceneConfig
 from dreamdistill.scene.field import Field
-from dreamdistill.scene.hashgrid import Backend, HashGrid
+from dreamdistill.scene.hashgrid import HashGrid
 
 Method = Literal["sds", "vsd"]
 DEFAULT_METHOD: Method = "sds"
@@ -52,81 +55,9 @@ CONFIG_NAME, CHECKPOINT_NAME, METRICS_NAME = "config.yaml", "checkpoint.pt", "me
 EVAL_NAME = "eval.json"
 ORBIT_ELEVATION = 15.0
 """Elevation (degrees) of the orbit cameras of validation renders, turntables and metrics."""
-LIGHT_DISTANCE = 50.0
-"""The point light sits this far along the light direction (practically a directional light)."""
 
 
 # ---- configuration ------------------------------------------------------------------------------------
-
-
-@dataclass
-class SceneConfig:
-    """The radiance field (hash grid + MLP)."""
-
-    levels: int = 8
-    """Hash-grid levels."""
-    features_per_level: int = 2
-    """Features per level."""
-    log2_table_size: int = 14
-    """log2 of the largest per-level table (small = fast on a CPU)."""
-    base_resolution: int = 8
-    """Coarsest grid resolution."""
-    max_resolution: int = 128
-    """Finest grid resolution."""
-    hidden_dim: int = 32
-    """MLP width."""
-    hidden_layers: int = 1
-    """MLP hidden layers."""
-    blob_density: float = 5.0
-    """Pre-activation density bias at the centre (the initial blob)."""
-    blob_radius: float = 0.5
-    """Radius where the blob bias reaches zero."""
-    backend: Backend = "auto"
-    """Hash-grid backend (auto: our CPU/CUDA kernel when it builds)."""
-    levels_start: int = 0
-    """Coarse-to-fine: hash-grid levels in use at the start (0: all levels throughout)."""
-    levels_full_at: float = 0.5
-    """Fraction of the run by which the levels in use have grown linearly to all of them."""
-
-
-@dataclass
-class RenderConfig:
-    """Training renders: resolution schedule, batch, marching, shading, light, background, occupancy."""
-
-    resolution: int = 32
-    """Render resolution (pixels) for most of the run."""
-    resolution_start: int | None = None
-    """A lower resolution for the first part of the run (None: no schedule)."""
-    resolution_switch: float = 0.5
-    """Fraction of the run after which ``resolution`` replaces ``resolution_start``."""
-    batch_size: int = 4
-    """Cameras per step."""
-    step_divisions: int = 128
-    """Marching steps across the box diagonal (step size = 2√3 / this)."""
-    albedo_warmup: float = 0.1
-    """Fraction of the run rendered with plain albedo before lit shading starts."""
-    diffuse_probability: float = 0.8
-    """After warm-up, chance of diffuse shading for a step."""
-    textureless_probability: float = 0.0
-    """After warm-up, chance of textureless shading (the rest is albedo)."""
-    ambient: float = 0.5
-    """Ambient fraction of the lit shadings."""
-    light_direction: tuple[float, float, float] = (-0.45, 0.6, 0.66)
-    """Direction towards the light in the camera frame (x right, y up, z back): the toy data's upper left."""
-    light_jitter: float = 0.0
-    """Std of a random perturbation of the light direction."""
-    background: BackgroundMode = "fixed"
-    """fixed (``background_color``), learned (MLP on direction) or random (per image while training)."""
-    background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Background colour (fixed), or the start of the learned one."""
-    occupancy_resolution: int = 48
-    """Occupancy grid cells per side (0: no occupancy grid)."""
-    occupancy_update_every: int = 16
-    """Steps between occupancy updates."""
-    occupancy_warmup: int = 64
-    """Steps during which every cell is re-evaluated."""
-    occupancy_threshold: float = 0.01
-    """Opacity of one marching step below which a cell counts as empty."""
 
 
 @dataclass
@@ -270,16 +201,6 @@ def pick_shading(config: RenderConfig, progress: float, generator: torch.Generat
     if draw < config.diffuse_probability + config.textureless_probability:
         return "textureless"
     return "albedo"
-
-
-def camera_light(cameras: Cameras, config: RenderConfig, generator: torch.Generator | None = None) -> Light:
-    """A far point light in the camera frame's ``light_direction`` (jittered), per camera."""
-    direction = torch.tensor(config.light_direction, dtype=torch.float32).expand(len(cameras), 3)
-    if config.light_jitter > 0 and generator is not None:
-        direction = direction + config.light_jitter * torch.randn(len(cameras), 3, generator=generator)
-    direction = torch.nn.functional.normalize(direction, dim=-1)
-    world = torch.einsum("bij,bj->bi", cameras.camera_to_world[:, :3, :3].float(), direction.to(cameras.azimuth))
-    return Light(world * LIGHT_DISTANCE, torch.full((len(cameras),), config.ambient))
 
 
 def ramp_weight(weight: float, start: float, progress: float) -> float:
