@@ -35,7 +35,7 @@ import torch
 
 from dreamdistill.config import load_config, read_yaml, save_yaml
 from dreamdistill.errors import DreamDistillError
-from dreamdistill.export import ExportConfig, extract_mesh, write_mesh, write_textured_obj, write_turntable
+from dreamdistill.export import EmptySceneError, ExportConfig, export_meshes, write_turntable
 from dreamdistill.fileio import save_image_atomic, torch_save_atomic, write_json_atomic
 from dreamdistill.guidance.sds import SDS, GuidanceConfig
 from dreamdistill.guidance.vsd import VSD, CriticConfig
@@ -538,30 +538,19 @@ def evaluate(lifter: Lifter, prompt: str) -> dict[str, float | None]:
                        prompt, lifter.teacher.info.vocabulary)
 
 
-def export_field(lifter: Lifter, run_dir: Path, export: ExportConfig) -> tuple[list[Path], dict | None]:
-    """Mesh files from the field (an empty scene gives a warning and no mesh)."""
-    def albedo(x: torch.Tensor) -> torch.Tensor:
-        return lifter.field(x)[1]
-
-    try:
-        mesh = extract_mesh(lifter.field.density, albedo, export, lifter.device, step_size=lifter.step_size)
-    except DreamDistillError as error:
-        print(f"warning: no mesh written: {error}", file=sys.stderr)
-        return [], None
-    written = write_mesh(mesh, run_dir, export.formats)
-    if export.texture_size:
-        written += write_textured_obj(mesh, albedo, run_dir, export.texture_size, export.chunk, lifter.device)
-    return written, mesh.stats()
-
-
 def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float) -> dict:
-    """Turntable, meshes and metrics.json after the last step."""
+    """Turntable, meshes (an empty scene gives a warning and no mesh) and metrics.json after the last step."""
     config = lifter.config
     save_validation(lifter, run_dir, steps)
     cameras = orbit_cameras(config.turntable_frames, elevation=ORBIT_ELEVATION)
     written = write_turntable(to_uint8(lifter.render_views(cameras, config.view_resolution)),
                               run_dir / "turntable.gif")
-    mesh_files, mesh_stats = export_field(lifter, run_dir, config.export)
+    try:
+        mesh_files, mesh = export_meshes(lifter.field, config.export, run_dir, lifter.device, lifter.step_size)
+        mesh_stats = mesh.stats()
+    except EmptySceneError as error:
+        print(f"warning: no mesh written: {error}", file=sys.stderr)
+        mesh_files, mesh_stats = [], None
     metrics = {**evaluate(lifter, config.prompt), "seconds": round(seconds, 1), "steps": steps,
                "method": config.method, "prompt": config.prompt, "mesh": mesh_stats}
     written += mesh_files + [write_json_atomic(run_dir / METRICS_NAME, metrics)]
@@ -657,14 +646,7 @@ def export_run(run_dir: str | Path, formats: list[str], resolution: int | None =
     check_texture_size(export.texture_size, "--texture-size")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     field_, _, _ = load_scene(config, checkpoint, device)
-
-    def albedo(x: torch.Tensor) -> torch.Tensor:
-        return field_(x)[1]
-
-    mesh = extract_mesh(field_.density, albedo, export, device, step_size=marching_step(config.render))
-    written = write_mesh(mesh, run_dir, export.formats)
-    if export.texture_size:
-        written += write_textured_obj(mesh, albedo, run_dir, export.texture_size, export.chunk, device)
+    written, _ = export_meshes(field_, export, run_dir, device, marching_step(config.render))
     return written
 
 
