@@ -62,9 +62,9 @@ def run_text_to_3d(args: argparse.Namespace) -> int:
         _check_writable(Path(args.out))
     elif not os.access(args.resume, os.W_OK):
         raise DreamDistillError(f"cannot resume {args.resume}: it does not exist or is not writable")
-    from dreamdistill import lift3d
+    from dreamdistill.lift3d.run import main as lift3d_main
 
-    return lift3d.main(args)
+    return lift3d_main(args)
 
 
 # -------------------------------------------------------------------------- sample
@@ -210,7 +210,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def run_export(args: argparse.Namespace) -> int:
     from dreamdistill.export import FORMATS
-    from dreamdistill.lift3d import export_run
+    from dreamdistill.lift3d.run import export_run
 
     formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
@@ -243,7 +243,7 @@ def eval_parser() -> argparse.ArgumentParser:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from dreamdistill.lift3d import eval_run
+    from dreamdistill.lift3d.run import eval_run
 
     print(json.dumps(eval_run(args.run_dir, args.views, args.resolution, args.device)))
     return 0

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ import torch
 from dreamdistill.errors import DreamDistillError
 from dreamdistill.fileio import save_image_atomic, write_text_atomic
 from dreamdistill.render.volume import DEFAULT_STEP_SIZE
+
+if TYPE_CHECKING:
+    from dreamdistill.scene.field import Field
 
 FORMATS = ("glb", "obj", "ply")
 SURFACE_OPACITY = 0.5
@@ -60,6 +64,10 @@ class ExportConfig:
     texture_size: int = 0
     """0: vertex colours only. N > 0: also a textured OBJ (mesh_textured.obj/.mtl + an N×N PNG of the albedo,
     UV-unwrapped with xatlas: pip install xatlas), whatever ``formats`` says."""
+
+
+class EmptySceneError(DreamDistillError):
+    """No surface at the density threshold: there is nothing to mesh."""
 
 
 @dataclass
@@ -166,7 +174,7 @@ def extract_mesh(density_fn: DensityFn, albedo_fn: AlbedoFn, config: ExportConfi
     threshold = config.threshold if config.threshold is not None else auto_threshold(coarse, step_size)
     mask = keep_large_components(coarse > threshold, config.min_component_fraction)
     if not mask.any():
-        raise DreamDistillError(
+        raise EmptySceneError(
             f"the scene is empty at density threshold {threshold:.3g} (max density {coarse.max():.3g}); "
             "pass a lower threshold (--threshold, or export.threshold)"
         )
@@ -297,6 +305,21 @@ def write_textured_obj(mesh: Mesh, albedo_fn: AlbedoFn, folder: Path, size: int,
     material = write_text_atomic(folder / f"{stem}_textured.mtl", TEXTURED_MTL_TEXT.format(image=image.name))
     obj = write_text_atomic(folder / f"{stem}_textured.obj", textured_obj_text(vertices, uvs, faces, material.name))
     return [obj, material, image]
+
+
+def export_meshes(field_: Field, config: ExportConfig, folder: Path, device: torch.device | str,
+                  step_size: float) -> tuple[list[Path], Mesh]:
+    """A field's meshes in ``folder``: :func:`extract_mesh`, then ``mesh.{formats}`` (:func:`write_mesh`) and,
+    with ``texture_size`` > 0, the textured OBJ (:func:`write_textured_obj`). Returns the paths and the mesh;
+    raises :class:`EmptySceneError` when there is no surface."""
+    def albedo(x: torch.Tensor) -> torch.Tensor:
+        return field_(x)[1]
+
+    mesh = extract_mesh(field_.density, albedo, config, device, step_size=step_size)
+    written = write_mesh(mesh, folder, config.formats)
+    if config.texture_size:
+        written += write_textured_obj(mesh, albedo, folder, config.texture_size, config.chunk, device)
+    return written, mesh
 
 
 def write_turntable(frames: np.ndarray, path: Path, fps: int = 12) -> list[Path]:

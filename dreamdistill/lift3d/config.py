@@ -1,0 +1,142 @@
+"""The text-to-3D run's config (LiftConfig and its sections), the presets, and the checks made before a run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from dreamdistill.config import load_config
+from dreamdistill.errors import DreamDistillError
+from dreamdistill.export import FORMATS, ExportConfig
+from dreamdistill.guidance.sds import GuidanceConfig
+from dreamdistill.guidance.vsd import CriticConfig
+from dreamdistill.render.cameras import CameraRanges
+from dreamdistill.render.config import RenderConfig
+from dreamdistill.scene.config import SceneConfig
+from dreamdistill.texture import check_texture_size
+
+Method = Literal["sds", "vsd"]
+DEFAULT_METHOD: Method = "sds"
+
+
+@dataclass
+class OptimConfig:
+    """Adam on the scene."""
+
+    grid_learning_rate: float = 1e-2
+    """Learning rate of the hash-grid tables."""
+    mlp_learning_rate: float = 1e-3
+    """Learning rate of the MLP and the learned background."""
+    final_learning_rate_factor: float = 0.1
+    """Exponential decay to this factor of the start over the run."""
+
+
+@dataclass
+class RegularizerConfig:
+    """Regularisers, as per-pixel sums per image counted in teacher pixels (the surrogate loss's scale; a render
+    larger than the teacher's image size weighs each of its pixels by (image size / resolution)²)."""
+
+    opacity_sparsity: float = 0.0
+    """Weight of Σ opacity (shrinks floaters and the frame-filling blob)."""
+    opacity_target: float = 0.0
+    """Mean image opacity allowed before ``opacity_sparsity`` applies (0: it always applies)."""
+    opacity_entropy: float = 0.0
+    """Weight of the binary entropy of opacity (pushes pixels to empty or solid)."""
+    opacity_entropy_from: float = 0.0
+    """Fraction of the run after which the entropy weight ramps linearly from 0 to ``opacity_entropy`` at the end
+    (0: full weight throughout); a late ramp lets the shape form before it is made solid."""
+    orientation: float = 0.0
+    """Weight of opacity-weighted max(0, n·d)² on composited normals (DreamFusion's orientation loss)."""
+
+
+@dataclass
+class LiftConfig:
+    """Everything a text-to-3D run needs (written to RUN_DIR/config.yaml)."""
+
+    prompt: str = ""
+    """What to make."""
+    teacher: str = "toy"
+    """toy, a teacher folder, or a cached hub id."""
+    method: Method = DEFAULT_METHOD
+    """sds or vsd."""
+    steps: int = 600
+    """Optimisation steps."""
+    seed: int = 0
+    """Seed of the initialisation and of every step's random stream."""
+    device: str | None = None
+    """cpu, cuda, cuda:N (None: cuda when available)."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints."""
+    validate_every: int = 200
+    """Steps between validation renders (0: only at the end)."""
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    cameras: CameraRanges = field(default_factory=CameraRanges)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    regularizers: RegularizerConfig = field(default_factory=RegularizerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    turntable_frames: int = 24
+    """Frames of turntable.gif."""
+    view_resolution: int = 64
+    """Resolution of validation, turntable and metric renders."""
+    metric_views: int = 8
+    """Orbit renders (elevation 15°) scored for R-precision and view consistency."""
+
+
+def configs_dir() -> Path:
+    """The shipped presets (configs/ in the source tree)."""
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def default_preset(teacher: str, method: str) -> Path | None:
+    """configs/toy-METHOD.yaml for pixel-space teachers, configs/sd-METHOD.yaml otherwise (None if absent)."""
+    from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, resolve_teacher_path
+
+    kind = "toy" if (resolve_teacher_path(teacher) / TEACHER_CONFIG_NAME).is_file() else "sd"
+    path = configs_dir() / f"{kind}-{method}.yaml"
+    return path if path.is_file() else None
+
+
+def config_from_args(args: argparse.Namespace) -> LiftConfig:
+    """Preset (``--config`` or the default for the teacher and method) <- ``--set`` <- explicit flags."""
+    teacher = args.teacher or "toy"
+    preset = args.config or default_preset(teacher, args.guidance or DEFAULT_METHOD)
+    config = load_config(LiftConfig, preset, list(args.overrides))
+    flags = {"prompt": args.prompt, "teacher": args.teacher, "method": args.guidance, "steps": args.steps,
+             "seed": args.seed, "device": args.device}
+    return dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
+
+
+def check_config(config: LiftConfig) -> None:
+    """Reject settings that cannot run, with one line each (before anything is written)."""
+    if not config.prompt.strip():
+        raise DreamDistillError('empty prompt: pass what to make, e.g. dreamdistill "a red chair"')
+    for name, value in (("steps", config.steps), ("render.batch_size", config.render.batch_size),
+                        ("checkpoint_every", config.checkpoint_every), ("export.resolution", config.export.resolution),
+                        ("view_resolution", config.view_resolution), ("metric_views", config.metric_views)):
+        if value < 1:
+            raise DreamDistillError(f"{name} must be at least 1, got {value}")
+    for fmt in config.export.formats:
+        if fmt not in FORMATS:
+            raise DreamDistillError(f"unknown mesh format {fmt!r} in export.formats; choose from {', '.join(FORMATS)}")
+    check_texture_size(config.export.texture_size)
+
+
+def check_resolution(resolution: int, image_size: int, name: str = "render.resolution") -> None:
+    """Renders must be 8 px or more and at most 4× the teacher's image size (it resizes them to its own)."""
+    low, high = 8, 4 * image_size
+    if not low <= resolution <= high:
+        raise DreamDistillError(f"{name}={resolution} cannot be taken by this teacher (image size "
+                                f"{image_size}): use a resolution between {low} and {high}")
+
+
+def check_resolutions(config: LiftConfig, image_size: int) -> None:
+    """Both ends of the resolution schedule against the teacher's image size."""
+    check_resolution(config.render.resolution, image_size)
+    if config.render.resolution_start is not None:
+        check_resolution(config.render.resolution_start, image_size, "render.resolution_start")

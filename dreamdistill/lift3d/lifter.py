@@ -1,0 +1,106 @@
+"""One text-to-3D update: the scene, its optimiser and the guidance (SDS or VSD) for one prompt."""
+
+from __future__ import annotations
+
+import torch
+
+from dreamdistill.guidance.sds import SDS
+from dreamdistill.guidance.vsd import VSD
+from dreamdistill.lift3d.config import LiftConfig
+from dreamdistill.lift3d.regularizers import regularizer_losses
+from dreamdistill.lift3d.scene import build_scene, marching_step, render_orbit
+from dreamdistill.lift3d.schedules import (
+    active_levels,
+    learning_rate_factor,
+    pick_shading,
+    resolution_at,
+    step_seed,
+)
+from dreamdistill.render.cameras import Cameras, sample_cameras
+from dreamdistill.render.lights import camera_light
+from dreamdistill.render.volume import Shading, render
+
+
+def make_guidance(config: LiftConfig, teacher) -> SDS:
+    """The guidance of ``config.method``: SDS, or VSD (SDS with a LoRA critic) for "vsd"."""
+    if config.method == "vsd":
+        return VSD(teacher, config.prompt, config.guidance, config.critic)
+    return SDS(teacher, config.prompt, config.guidance)
+
+
+class Lifter:
+    """Field, background, occupancy grid, optimiser and guidance for one prompt; one :meth:`step` per update."""
+
+    def __init__(self, config: LiftConfig, teacher):
+        self.config, self.teacher = config, teacher
+        self.device = teacher.device
+        torch.manual_seed(config.seed)
+        self.field, self.background, self.occupancy = build_scene(config, self.device)
+        self.step_size = marching_step(config.render)
+        o = config.optim
+        groups = [{"params": list(self.field.grid.parameters()), "lr": o.grid_learning_rate},
+                  {"params": list(self.field.mlp.parameters()) + list(self.background.parameters()),
+                   "lr": o.mlp_learning_rate}]
+        for group in groups:
+            group["initial_lr"] = group["lr"]
+        self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+        self.guidance = make_guidance(config, teacher)
+
+    # -- one update
+    def step(self, step: int) -> dict[str, float]:
+        """One scene update (and, for VSD, the critic's updates) at ``step`` of ``config.steps``."""
+        config, r = self.config, self.config.render
+        progress = step / max(config.steps, 1)
+        generator = torch.Generator().manual_seed(step_seed(config.seed, step))
+        torch.manual_seed(step_seed(config.seed, step))  # global draws (e.g. a random background)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * learning_rate_factor(config.optim.final_learning_rate_factor,
+                                                                     progress)
+        self.field.train()
+        self.field.active_levels = active_levels(config.scene, progress)
+        self.background.train()
+        if self.occupancy is not None:
+            self.occupancy.update(self.field.density, self.step_size, step=step, generator=generator)
+        cameras = sample_cameras(r.batch_size, config.cameras, generator)
+        shading = pick_shading(r, progress, generator)
+        light = camera_light(cameras, r, generator)
+        resolution = resolution_at(r, progress)
+        out = render(self.field, self.background, cameras, resolution, shading=shading, light=light,
+                     occupancy=self.occupancy, step_size=self.step_size, stratified=True, generator=generator,
+                     return_normals=config.regularizers.orientation > 0)
+        views = cameras.view_labels()
+        result = self.guidance(out.image, views, progress, generator, camera=cameras.embedding())
+        regularizers = regularizer_losses(config.regularizers, out, cameras, progress, self.teacher.image_size)
+        loss = sum(regularizers.values(), result["loss"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        stats = {"loss": float(loss.detach()), "grad_norm": float(result["grad_norm"]),
+                 "opacity": float(out.opacity.detach().mean())}
+        stats.update(self.guidance.after_step(result, generator))
+        return stats
+
+    # -- views
+    def render_views(self, cameras: Cameras, resolution: int, shading: Shading = "diffuse") -> torch.Tensor:
+        """Deterministic renders [B, 3, H, W] with the training light (:func:`render_orbit`)."""
+        return render_orbit(self.field, self.background, self.occupancy, self.config.render, cameras, resolution,
+                            shading)
+
+    # -- checkpoints
+    def state_dict(self) -> dict:
+        state = {"field": self.field.state_dict(), "background": self.background.state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "occupancy": self.occupancy.state_dict() if self.occupancy is not None else None}
+        return {**state, **self.guidance.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field.load_state_dict(state["field"])
+        self.background.load_state_dict(state["background"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.occupancy is not None and state.get("occupancy") is not None:
+            self.occupancy.load_state_dict(state["occupancy"])
+        self.guidance.load_state_dict(state)
+
+    def close(self) -> None:
+        """Undo the guidance's changes to the shared teacher (VSD's adapter and hook)."""
+        self.guidance.close()

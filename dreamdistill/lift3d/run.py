@@ -1,0 +1,288 @@
+"""A text-to-3D run: its folder, checkpoints, the loop, and the ``dreamdistill`` PROMPT / export / eval commands.
+
+``dreamdistill "a red chair"`` -> :func:`main`: config (preset YAML <- ``--set`` <- flags), validation before
+anything is written, a run directory ``runs/<slug>-<time>/`` holding
+
+    config.yaml        the full config (``--resume RUN_DIR`` reads it back)
+    checkpoint.pt      field, background, occupancy, optimiser(s), critic, step (atomic, every N steps)
+    validation/        orbit renders every ``validate_every`` steps
+    turntable.gif      (+ turntable.mp4 when an ffmpeg writer is installed)
+    mesh.glb, mesh.obj (+ mesh.mtl), mesh.ply
+    metrics.json       r_precision, view_consistency (toy teachers), seconds, steps, mesh statistics
+    eval.json          ``dreamdistill eval RUN_DIR``: the metrics re-scored from checkpoint.pt
+
+Every step draws its randomness (cameras, shading, timesteps, noise, critic) from a generator seeded by
+(seed, step), so a resumed run replays the same streams as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamdistill.config import from_dict, read_yaml, save_yaml
+from dreamdistill.errors import DreamDistillError
+from dreamdistill.export import EmptySceneError, export_meshes, write_turntable
+from dreamdistill.fileio import save_image_atomic, torch_save_atomic, write_json_atomic
+from dreamdistill.lift3d.config import LiftConfig, check_config, check_resolutions, config_from_args
+from dreamdistill.lift3d.evaluate import ORBIT_ELEVATION, evaluate, score_orbit
+from dreamdistill.lift3d.lifter import Lifter
+from dreamdistill.lift3d.scene import load_scene, marching_step, render_orbit, to_uint8
+from dreamdistill.render.cameras import Cameras, orbit_cameras
+from dreamdistill.texture import check_texture_size
+
+CONFIG_NAME, CHECKPOINT_NAME, METRICS_NAME = "config.yaml", "checkpoint.pt", "metrics.json"
+EVAL_NAME = "eval.json"
+
+
+# ---- the run folder -----------------------------------------------------------------------------------
+
+
+def slugify(prompt: str, limit: int = 40) -> str:
+    """'A red chair!' -> 'a-red-chair'."""
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:limit].strip("-") or "run"
+
+
+def create_run_dir(out: Path, prompt: str) -> Path:
+    """A new ``OUT/<slug>-<YYYYmmdd-HHMMSS>`` folder (suffixed when taken)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(out) / f"{slugify(prompt)}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def load_run(run_dir: str | Path) -> tuple[Path, LiftConfig, dict | None]:
+    """The config and the checkpoint (None before the first one) of an existing run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_NAME).is_file():
+        raise DreamDistillError(f"{run_dir} is not a text-to-3D run: it has no {CONFIG_NAME} "
+                                "(pass a folder made by `dreamdistill PROMPT`, e.g. runs/a-red-chair-...)")
+    config = from_dict(LiftConfig, read_yaml(run_dir / CONFIG_NAME))
+    checkpoint = None
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        checkpoint = torch.load(run_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+    return run_dir, config, checkpoint
+
+
+# ---- the teacher --------------------------------------------------------------------------------------
+
+
+def teacher_image_size(name_or_path: str) -> int | None:
+    """The image size a teacher folder takes, read from its config files (None when they do not say)."""
+    import json
+
+    from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, resolve_teacher_path
+
+    path = resolve_teacher_path(name_or_path)
+    try:
+        if (path / TEACHER_CONFIG_NAME).is_file():
+            return int(json.loads((path / TEACHER_CONFIG_NAME).read_text())["image_size"])
+        unet = json.loads((path / "unet" / "config.json").read_text())
+        vae = json.loads((path / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def teacher_vocabulary(name_or_path: str) -> dict | None:
+    """A toy teacher's vocabulary, read from its folder without loading it (None for other or missing teachers)."""
+    import json
+
+    from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, resolve_teacher_path
+
+    try:
+        return json.loads((resolve_teacher_path(name_or_path) / TEACHER_CONFIG_NAME).read_text()).get("vocabulary")
+    except (DreamDistillError, OSError, ValueError, AttributeError):
+        return None
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info/warning chatter from transformers and diffusers while loading models."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def load_teacher(config: LiftConfig):
+    """The teacher, with the render resolutions checked against it (before loading when the folder says)."""
+    from dreamdistill.diffusion.teacher import Teacher
+
+    size = teacher_image_size(config.teacher)
+    if size is not None:
+        check_resolutions(config, size)
+    quiet_libraries()
+    teacher = Teacher.from_pretrained(config.teacher, device=config.device)
+    check_resolutions(config, teacher.image_size)
+    return teacher
+
+
+# ---- the loop -----------------------------------------------------------------------------------------
+
+
+def save_checkpoint(lifter: Lifter, run_dir: Path, step: int, seconds: float) -> None:
+    torch_save_atomic(run_dir / CHECKPOINT_NAME, {"step": step, "seconds": seconds, **lifter.state_dict()})
+
+
+def save_validation(lifter: Lifter, run_dir: Path, step: int) -> Path:
+    """Four orbit renders side by side: validation/step-NNNNNN.png."""
+    images = lifter.render_views(orbit_cameras(4, elevation=ORBIT_ELEVATION), lifter.config.view_resolution)
+    strip = np.concatenate(list(to_uint8(images)), axis=1)
+    return save_image_atomic(run_dir / "validation" / f"step-{step:06d}.png", strip)
+
+
+def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float) -> dict:
+    """Turntable, meshes (an empty scene gives a warning and no mesh) and metrics.json after the last step."""
+    config = lifter.config
+    save_validation(lifter, run_dir, steps)
+    cameras = orbit_cameras(config.turntable_frames, elevation=ORBIT_ELEVATION)
+    written = write_turntable(to_uint8(lifter.render_views(cameras, config.view_resolution)),
+                              run_dir / "turntable.gif")
+    try:
+        mesh_files, mesh = export_meshes(lifter.field, config.export, run_dir, lifter.device, lifter.step_size)
+        mesh_stats = mesh.stats()
+    except EmptySceneError as error:
+        print(f"warning: no mesh written: {error}", file=sys.stderr)
+        mesh_files, mesh_stats = [], None
+    metrics = {**evaluate(lifter, config.prompt), "seconds": round(seconds, 1), "steps": steps,
+               "method": config.method, "prompt": config.prompt, "mesh": mesh_stats}
+    written += mesh_files + [write_json_atomic(run_dir / METRICS_NAME, metrics)]
+    return {"run_dir": run_dir, "files": written, "metrics": metrics}
+
+
+def optimise(lifter: Lifter, run_dir: Path, checkpoint: dict | None = None, stop_after: int | None = None,
+             progress_bar: bool = True) -> dict | None:
+    """Run (or continue) the loop with checkpoints and validation, then :func:`finish`.
+
+    ``stop_after`` ends the loop after that step without finishing (used to test resuming); returns None then.
+    """
+    from tqdm import tqdm
+
+    config = lifter.config
+    start, seconds = 0, 0.0
+    if checkpoint is not None:
+        lifter.load_state_dict(checkpoint)
+        start, seconds = int(checkpoint["step"]), float(checkpoint["seconds"])
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=config.method,
+               unit="step", disable=not progress_bar, dynamic_ncols=True, file=sys.stderr)
+    began = time.perf_counter() - seconds
+    for step in bar:
+        stats = lifter.step(step)
+        bar.set_postfix(loss=f"{stats['loss']:.3g}", opacity=f"{stats['opacity']:.2f}", refresh=False)
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save_checkpoint(lifter, run_dir, done, time.perf_counter() - began)
+        if config.validate_every and done % config.validate_every == 0 and done < config.steps:
+            save_validation(lifter, run_dir, done)
+        if stop_after is not None and done >= stop_after:
+            bar.close()
+            return None
+    bar.close()
+    return finish(lifter, run_dir, config.steps, time.perf_counter() - began)
+
+
+def summary_line(result: dict) -> str:
+    """One line: the run folder, the files written and the metrics."""
+    metrics = result["metrics"]
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.2f}"
+
+    names = ", ".join(sorted({p.name for p in result["files"]}))
+    return (f"done: {result['run_dir']} ({names}); r_precision {fmt(metrics['r_precision'])}, "
+            f"view_consistency {fmt(metrics['view_consistency'])}, {metrics['steps']} steps in "
+            f"{metrics['seconds']:.0f} s")
+
+
+# ---- the commands -------------------------------------------------------------------------------------
+
+
+def main(args: argparse.Namespace) -> int:
+    """``dreamdistill PROMPT`` and ``dreamdistill PROMPT --resume RUN_DIR``."""
+    checkpoint = None
+    if args.resume:
+        if args.config or args.overrides:
+            raise DreamDistillError("--resume continues a run with its own config.yaml; drop --config and --set")
+        run_dir, config, checkpoint = load_run(args.resume)
+        changes = {k: v for k, v in (("steps", args.steps), ("device", args.device)) if v is not None}
+        config = dataclasses.replace(config, **changes)
+    else:
+        config = config_from_args(args)
+        run_dir = None
+    check_config(config)
+    teacher = load_teacher(config)
+    warning = teacher.vocabulary_warning(config.prompt)
+    if warning:
+        print(warning, file=sys.stderr)
+    lifter = Lifter(config, teacher)
+    if run_dir is None:
+        run_dir = create_run_dir(Path(args.out), config.prompt)
+    save_yaml(config, run_dir / CONFIG_NAME)
+    print(f"{config.method} on {config.teacher!r}: {config.prompt!r} -> {run_dir}", file=sys.stderr)
+    result = optimise(lifter, run_dir, checkpoint)
+    print(summary_line(result))
+    return 0
+
+
+def export_run(run_dir: str | Path, formats: list[str], resolution: int | None = None,
+               threshold: float | None = None, device: str | None = None,
+               texture_size: int | None = None) -> list[Path]:
+    """``dreamdistill export RUN_DIR``: meshes from a run's checkpoint (without loading the teacher).
+    ``texture_size`` None keeps the run's ``export.texture_size``."""
+    run_dir, config, checkpoint = load_run(run_dir)
+    if checkpoint is None:
+        raise DreamDistillError(f"{run_dir} has no {CHECKPOINT_NAME} yet: nothing to export")
+    export = dataclasses.replace(config.export, formats=formats, threshold=threshold,
+                                 resolution=resolution or config.export.resolution,
+                                 texture_size=config.export.texture_size if texture_size is None else texture_size)
+    if export.resolution < 8:
+        raise DreamDistillError(f"--resolution must be at least 8, got {export.resolution}")
+    check_texture_size(export.texture_size, "--texture-size")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    field_, _, _ = load_scene(config, checkpoint, device)
+    written, _ = export_meshes(field_, export, run_dir, device, marching_step(config.render))
+    return written
+
+
+def eval_run(run_dir: str | Path, views: int | None = None, resolution: int | None = None,
+             device: str | None = None) -> dict:
+    """``dreamdistill eval RUN_DIR``: the metrics of ``views`` orbit renders of a run's checkpoint, written to
+    RUN_DIR/eval.json (without loading the teacher). ``views`` and ``resolution`` default to the run's
+    ``metric_views`` and ``view_resolution``, which reproduces metrics.json."""
+    for name, value in (("--views", views), ("--resolution", resolution)):
+        if value is not None and value < 1:
+            raise DreamDistillError(f"{name} must be at least 1, got {value}")
+    run_dir, config, checkpoint = load_run(run_dir)
+    views = views or config.metric_views
+    resolution = resolution or config.view_resolution
+    if checkpoint is None:
+        raise DreamDistillError(f"{run_dir} has no {CHECKPOINT_NAME} yet: nothing to evaluate")
+    if not os.access(run_dir, os.W_OK):
+        raise DreamDistillError(f"cannot write {EVAL_NAME} into {run_dir}: it is not writable")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    field_, background, occupancy = load_scene(config, checkpoint, device)
+
+    def render_views(cameras: Cameras) -> torch.Tensor:
+        return render_orbit(field_, background, occupancy, config.render, cameras, resolution)
+
+    metrics = score_orbit(render_views, views, config.prompt, teacher_vocabulary(config.teacher), explain=True)
+    result = {**metrics, "views": views, "resolution": resolution, "step": int(checkpoint["step"]),
+              "prompt": config.prompt}
+    write_json_atomic(run_dir / EVAL_NAME, result)
+    return result
