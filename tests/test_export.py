@@ -29,6 +29,9 @@ def test_sphere_mesh_is_tight_clean_and_coloured(tmp_path):
     distance = np.linalg.norm(mesh.vertices - np.array([0.2, 0.0, 0.0]), axis=1)
     assert abs(distance.mean() - RADIUS) < 0.03 and distance.max() < RADIUS + 0.05  # the floater is gone
     assert (mesh.colors == [255, 0, 0]).all()
+    stats = mesh.stats()
+    assert stats["components"] == stats["components_after"] == 1 and stats["watertight"]
+    assert stats["largest_area_share"] == 1.0 and stats["faces_dropped"] == 0
     paths = write_mesh(mesh, tmp_path, ["glb", "obj", "ply"])
     assert {p.name for p in paths} == {"mesh.glb", "mesh.obj", "mesh.mtl", "mesh.ply"}
     for fmt in ("glb", "obj", "ply"):
@@ -85,3 +88,25 @@ def test_export_bad_input(argv, message, tmp_path, capsys):
     assert cli.main(["export", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_detached_chair_legs_are_kept_and_a_speck_is_dropped():
+    """A chair whose legs float 0.06 below the seat (each leg ~3 % of the volume, ~6 % of the area): every
+    leg is a real part and stays; a speck beside it goes."""
+    from dreamdistill.toyworld.shape_fidelity import true_object
+    from dreamdistill.toyworld.shapes import ToyObject
+
+    chair = true_object("chair", 3)
+    legs = tuple(p.translated(np.array([0.0, 0.0, -0.06])) for p in chair.primitives[1:5])
+    detached = ToyObject(0, 0, chair.primitives[:1] + legs + chair.primitives[5:])
+
+    def density(x):
+        inside = -detached.signed_distance(x.double().numpy()) * 80
+        speck = 50.0 * ((x - torch.tensor([0.8, 0.8, 0.8])).norm(dim=-1) < 0.03).float()
+        return 100 * torch.sigmoid(torch.from_numpy(inside)).float() + speck
+
+    mesh = extract_mesh(density, red, ExportConfig(resolution=64, coarse_resolution=48))
+    stats = mesh.stats()
+    assert stats["components"] == 5 and 0.6 < stats["largest_area_share"] < 0.9  # seat-and-back + 4 legs
+    assert mesh.vertices[:, 2].min() < detached.primitives[1].low[2] + 0.02  # the legs reach the floor
+    assert np.linalg.norm(mesh.vertices - [0.8, 0.8, 0.8], axis=1).min() > 0.2  # the speck is gone

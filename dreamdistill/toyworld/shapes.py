@@ -48,6 +48,10 @@ class Ellipsoid:
     def scaled(self, factor: float) -> Ellipsoid:
         return Ellipsoid(self.centre * factor, self.radii * factor, self.colour)
 
+    def signed_distance(self, points: np.ndarray) -> np.ndarray:
+        """(|(p - centre) / radii| - 1) · min(radii) at ``points`` [..., 3]: exact on the surface, < 0 inside."""
+        return (np.linalg.norm((points - self.centre) / self.radii, axis=-1) - 1.0) * float(self.radii.min())
+
 
 @dataclass(frozen=True)
 class Box:
@@ -65,6 +69,11 @@ class Box:
 
     def scaled(self, factor: float) -> Box:
         return Box(self.low * factor, self.high * factor, self.colour)
+
+    def signed_distance(self, points: np.ndarray) -> np.ndarray:
+        """Exact signed distance to the box at ``points`` [..., 3] (< 0 inside)."""
+        gap = np.maximum(self.low - points, points - self.high)  # [..., 3]
+        return np.linalg.norm(np.maximum(gap, 0.0), axis=-1) + np.minimum(gap.max(axis=-1), 0.0)
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,10 @@ class Polytope:
 
     def scaled(self, factor: float) -> Polytope:
         return Polytope(self.normals, self.offsets * factor, self.corners * factor, self.colour)
+
+    def signed_distance(self, points: np.ndarray) -> np.ndarray:
+        """max_k (n_k · p - offset_k) at ``points`` [..., 3]: exact inside, a lower bound outside (0 on the surface)."""
+        return (points @ self.normals.T - self.offsets).max(axis=-1)
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,18 @@ class Frustum:
             self.rotation,
         )
 
+    def signed_distance(self, points: np.ndarray) -> np.ndarray:
+        """max(|z| - h, (ρ - r(z)) cos θ) in local coordinates at ``points`` [..., 3] (0 on the surface, < 0 inside).
+
+        r(z) = r_bottom + (r_top - r_bottom)(z + h) / 2h is the renderer's radius (``raytrace._frusta``), ρ the
+        distance from the axis, θ the half-angle of the cone (so the side term is the distance to the side line).
+        """
+        local = (points - self.centre) @ self.rotation.T
+        slope = (self.radius_top - self.radius_bottom) / (2 * self.half_height)
+        radius = (self.radius_bottom + self.radius_top) / 2 + slope * local[..., 2]
+        side = (np.hypot(local[..., 0], local[..., 1]) - radius) / np.sqrt(1.0 + slope * slope)
+        return np.maximum(np.abs(local[..., 2]) - self.half_height, side)
+
 
 Primitive = Ellipsoid | Box | Polytope | Frustum
 
@@ -133,6 +158,14 @@ class ToyObject:
     @property
     def category_name(self) -> str:
         return CATEGORIES[self.category]
+
+    def signed_distance(self, points: np.ndarray) -> np.ndarray:
+        """The union's signed function at ``points`` [..., 3]: the minimum over the primitives (< 0 inside)."""
+        return np.min([p.signed_distance(points) for p in self.primitives], axis=0)
+
+    def inside(self, points: np.ndarray) -> np.ndarray:
+        """Whether ``points`` [..., 3] lie in the object (the solid the renderer draws; boundary counts as inside)."""
+        return self.signed_distance(points) <= 0
 
     @property
     def colour_name(self) -> str:
