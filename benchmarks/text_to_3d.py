@@ -72,7 +72,7 @@ def run_one(prompt: str, method: str, args: argparse.Namespace) -> dict:
     return {"prompt": prompt, "method": method, "run_dir": str(run_dir), "wall_seconds": round(
         time.perf_counter() - start, 1), "optimisation_seconds": metrics["seconds"], "steps": metrics["steps"],
         "r_precision": metrics["r_precision"], "view_consistency": metrics["view_consistency"],
-        "mesh": metrics["mesh"]}
+        "nearest_real_iou": (metrics.get("shape") or {}).get("iou", {}).get("best"), "mesh": metrics["mesh"]}
 
 
 def summarise(runs: list[dict], methods: list[str]) -> dict:
@@ -85,6 +85,9 @@ def summarise(runs: list[dict], methods: list[str]) -> dict:
                 "runs": len(mine),
                 "mean_r_precision": mean([r["r_precision"] for r in mine]),
                 "mean_view_consistency": mean([r["view_consistency"] for r in mine]),
+                "mean_nearest_real_iou": mean([r.get("nearest_real_iou") for r in mine]),
+                "min_nearest_real_iou": min((r["nearest_real_iou"] for r in mine if r.get("nearest_real_iou")
+                                             is not None), default=None),
                 "mean_wall_seconds": mean([r["wall_seconds"] for r in mine]),
                 "max_wall_seconds": max(r["wall_seconds"] for r in mine),
             }

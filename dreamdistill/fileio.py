@@ -43,3 +43,28 @@ def save_image_atomic(path: Path, image) -> Path:
     picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
     suffix = Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"
     return _replace_from_temp(path, lambda tmp: picture.save(tmp, format=suffix))
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line with a single write (a crash leaves at most one partial last line)."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The whole records of a JSON-lines file (a partial last line is skipped)."""
+    records = []
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def truncate_jsonl(path: Path, keep) -> None:
+    """Rewrite a JSON-lines file atomically with only the records for which ``keep(record)`` is true."""
+    if Path(path).is_file():
+        text = "".join(json.dumps(r) + "\n" for r in read_jsonl(path) if keep(r))
+        write_text_atomic(path, text)

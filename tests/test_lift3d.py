@@ -10,7 +10,6 @@ from dreamdistill import cli
 from dreamdistill.lift3d import (
     LiftConfig,
     RenderConfig,
-    orientation_penalty,
     pick_shading,
     ramp_weight,
     resolution_at,
@@ -127,14 +126,28 @@ def test_helpers():
     assert resolution_at(config, 0.1) == 32 and resolution_at(config, 0.6) == 64
     generator = torch.Generator().manual_seed(0)
     assert pick_shading(config, 0.1, generator) == "albedo" and pick_shading(config, 0.5, generator) == "diffuse"
-    normal = torch.zeros(1, 3, 1, 2)
-    normal[0, 2, 0, 0], normal[0, 2, 0, 1] = 0.5, -0.5  # one pixel facing away from the camera, one towards it
-    directions = torch.tensor([0.0, 0.0, 1.0]).expand(1, 1, 2, 3)
-    torch.testing.assert_close(orientation_penalty(normal, directions), torch.tensor([[[0.25, 0.0]]]))
     opacity = torch.tensor([0.5, 0.1]).reshape(2, 1, 1, 1).expand(2, 1, 2, 2)
     assert float(sparsity_penalty(opacity, 0.0)) == pytest.approx(2.4)
     assert float(sparsity_penalty(opacity, 0.3)) == pytest.approx(0.8)
     assert slugify("A red chair, front view!") == "a-red-chair-front-view" and slugify("???") == "run"
+
+
+def test_regularisers_are_counted_per_model_element():
+    """Per image, each regulariser is its per-pixel sum × (teacher model elements / render pixels): 3·32² for the
+    toy teacher, 4·64² for SD, so a weight means the same against either surrogate loss (a sum over those)."""
+    from dreamdistill.lift3d import RegularizerConfig, regularizer_losses
+    from dreamdistill.render.volume import RenderOutput
+
+    opacity = torch.full((2, 1, 16, 16), 0.5)
+    orientation = torch.full((2, 1, 16, 16), 0.25)
+    out = RenderOutput(torch.zeros(2, 3, 16, 16), opacity, opacity, None, 0, orientation)
+    config = RegularizerConfig(opacity_entropy=0.1, orientation=0.2)
+    entropy_per_pixel = 0.6931471805599453  # −½ log ½ · 2
+    for elements in (3 * 32 * 32, 4 * 64 * 64):
+        losses = regularizer_losses(config, out, 1.0, elements)
+        per_image = elements / 256 / 2
+        assert float(losses["opacity_entropy"]) == pytest.approx(0.1 * entropy_per_pixel * 512 * per_image, rel=1e-5)
+        assert float(losses["orientation"]) == pytest.approx(0.2 * 0.25 * 512 * per_image, rel=1e-6)
 
 
 def test_eval_rescores_a_run_like_its_own_metrics(tiny_pixel_teacher_dir, tmp_path, capsys):

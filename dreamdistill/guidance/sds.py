@@ -67,6 +67,11 @@ def distillation_gradient(eps_target: torch.Tensor, eps_reference: torch.Tensor,
     return grad
 
 
+def residual_rms(eps_target: torch.Tensor, eps_reference: torch.Tensor) -> torch.Tensor:
+    """Root mean square of ε̂_teacher − ε_reference (the unweighted update direction), for logging."""
+    return (eps_target.float() - eps_reference.float()).pow(2).mean().sqrt()
+
+
 def surrogate_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """loss = ½‖x − sg(x − grad)‖² / B, so that d(loss)/dx = grad / B exactly."""
     target = (x - grad).detach()
@@ -169,4 +174,5 @@ class SDS:
             eps_teacher = self.teacher_eps(x_t, t, text, views)
         weight = timestep_weight(alpha, sigma, self.config.weighting).float()
         grad = distillation_gradient(eps_teacher, eps.float(), weight, self.config.grad_clip)
-        return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t, "eps": eps}
+        return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t, "eps": eps,
+                "residual_rms": residual_rms(eps_teacher, eps)}

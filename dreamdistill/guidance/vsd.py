@@ -24,6 +24,7 @@ from dreamdistill.guidance.sds import (
     SDS,
     GuidanceConfig,
     distillation_gradient,
+    residual_rms,
     sample_timesteps,
     surrogate_loss,
     timestep_weight,
@@ -199,7 +200,8 @@ class VSD(SDS):
         weight = timestep_weight(alpha, sigma, self.config.weighting).float()
         grad = distillation_gradient(eps_teacher, eps_critic, weight, self.config.grad_clip)
         return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t,
-                "eps": eps, "model_x": x.detach(), "text": text, "camera": camera}
+                "eps": eps, "residual_rms": residual_rms(eps_teacher, eps_critic), "model_x": x.detach(), "text": text,
+                "camera": camera}
 
     def train_critic(self, model_x: torch.Tensor, text: torch.Tensor, camera: torch.Tensor,
                      generator: torch.Generator | None = None) -> float:

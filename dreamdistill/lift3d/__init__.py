@@ -18,7 +18,7 @@ from dreamdistill.lift3d.config import (
 )
 from dreamdistill.lift3d.evaluate import NO_METRICS, ORBIT_ELEVATION, evaluate, score_orbit
 from dreamdistill.lift3d.lifter import Lifter, make_guidance
-from dreamdistill.lift3d.regularizers import binary_entropy, orientation_penalty, regularizer_losses, sparsity_penalty
+from dreamdistill.lift3d.regularizers import binary_entropy, regularizer_losses, sparsity_penalty
 from dreamdistill.lift3d.run import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -56,7 +56,7 @@ __all__ = [
     "active_levels", "binary_entropy", "build_field", "build_scene", "camera_light", "check_config",
     "check_resolution", "check_resolutions", "config_from_args", "configs_dir", "create_run_dir", "default_preset",
     "eval_run", "evaluate", "export_run", "finish", "learning_rate_factor", "load_run", "load_scene", "load_teacher",
-    "main", "make_guidance", "marching_step", "optimise", "orientation_penalty", "pick_shading", "ramp_weight",
+    "main", "make_guidance", "marching_step", "optimise", "pick_shading", "ramp_weight",
     "regularizer_losses", "render_orbit", "resolution_at", "score_orbit", "slugify", "sparsity_penalty", "step_seed",
     "summary_line", "teacher_image_size", "teacher_vocabulary", "to_uint8",
 ]

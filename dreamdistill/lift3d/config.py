@@ -36,8 +36,9 @@ class OptimConfig:
 
 @dataclass
 class RegularizerConfig:
-    """Regularisers, as per-pixel sums per image counted in teacher pixels (the surrogate loss's scale; a render
-    larger than the teacher's image size weighs each of its pixels by (image size / resolution)²)."""
+    """Regularisers, as per-pixel sums per image rescaled to the teacher's model elements (3·32² for the toy
+    teacher, 4·64² latents for SD: the surrogate loss's scale), so a weight means the same for both teachers
+    and at any render resolution."""
 
     opacity_sparsity: float = 0.0
     """Weight of Σ opacity (shrinks floaters and the frame-filling blob)."""
@@ -49,7 +50,7 @@ class RegularizerConfig:
     """Fraction of the run after which the entropy weight ramps linearly from 0 to ``opacity_entropy`` at the end
     (0: full weight throughout); a late ramp lets the shape form before it is made solid."""
     orientation: float = 0.0
-    """Weight of opacity-weighted max(0, n·d)² on composited normals (DreamFusion's orientation loss)."""
+    """Weight of Σ_i sg(w_i) max(0, n_i·d)² per ray (DreamFusion / Ref-NeRF orientation loss, per sample)."""
 
 
 @dataclass
@@ -81,7 +82,9 @@ class LiftConfig:
     regularizers: RegularizerConfig = field(default_factory=RegularizerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     turntable_frames: int = 24
-    """Frames of turntable.gif."""
+    """Frames of turntable.gif / turntable.mp4."""
+    turntable_resolution: int = 256
+    """Resolution of the turntable (the field renders at any resolution)."""
     view_resolution: int = 64
     """Resolution of validation, turntable and metric renders."""
     metric_views: int = 8
@@ -118,7 +121,8 @@ def check_config(config: LiftConfig) -> None:
         raise DreamDistillError('empty prompt: pass what to make, e.g. dreamdistill "a red chair"')
     for name, value in (("steps", config.steps), ("render.batch_size", config.render.batch_size),
                         ("checkpoint_every", config.checkpoint_every), ("export.resolution", config.export.resolution),
-                        ("view_resolution", config.view_resolution), ("metric_views", config.metric_views)):
+                        ("view_resolution", config.view_resolution), ("metric_views", config.metric_views),
+                        ("turntable_resolution", config.turntable_resolution)):
         if value < 1:
             raise DreamDistillError(f"{name} must be at least 1, got {value}")
     for fmt in config.export.formats:

@@ -48,3 +48,15 @@ def evaluate(lifter: Lifter, prompt: str) -> dict[str, float | None]:
     config = lifter.config
     return score_orbit(lambda cameras: lifter.render_views(cameras, config.view_resolution), config.metric_views,
                        prompt, lifter.teacher.info.vocabulary)
+
+
+def shape_score(vertices, faces, prompt: str, vocabulary: dict | None) -> dict | None:
+    """Nearest-real IoU (K = 64 true objects of the prompt's category, 48³ voxels, same frame) and mesh health of
+    an exported mesh; None unless the teacher is a toy-world teacher and the prompt names a toy category."""
+    from dreamdistill.toyworld.captions import is_in_vocabulary, parse_prompt
+    from dreamdistill.toyworld.shape_fidelity import score_mesh
+
+    if not vocabulary or not is_in_vocabulary(prompt) or vertices is None or len(faces) == 0:
+        return None
+    _, category, _ = parse_prompt(prompt)
+    return score_mesh(vertices, faces, category)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from dreamdistill.guidance.sds import SDS
@@ -70,13 +72,16 @@ class Lifter:
                      return_normals=config.regularizers.orientation > 0)
         views = cameras.view_labels()
         result = self.guidance(out.image, views, progress, generator, camera=cameras.embedding())
-        regularizers = regularizer_losses(config.regularizers, out, cameras, progress, self.teacher.image_size)
+        model_elements = math.prod(self.teacher.model_shape)
+        regularizers = regularizer_losses(config.regularizers, out, progress, model_elements)
         loss = sum(regularizers.values(), result["loss"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         stats = {"loss": float(loss.detach()), "grad_norm": float(result["grad_norm"]),
-                 "opacity": float(out.opacity.detach().mean())}
+                 "opacity": float(out.opacity.detach().mean()), "t": float(result["t"].float().mean()),
+                 "residual_rms": float(result["residual_rms"]),
+                 **{name: float(value.detach()) for name, value in regularizers.items()}}
         stats.update(self.guidance.after_step(result, generator))
         return stats
 

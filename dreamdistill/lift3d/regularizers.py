@@ -6,7 +6,6 @@ import torch
 
 from dreamdistill.lift3d.config import RegularizerConfig
 from dreamdistill.lift3d.schedules import ramp_weight
-from dreamdistill.render.cameras import Cameras, generate_rays
 from dreamdistill.render.volume import RenderOutput
 
 
@@ -22,20 +21,16 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.log() + (1 - p) * (1 - p).log())
 
 
-def orientation_penalty(normal: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """max(0, N·d)² per pixel [B, H, W] for composited normals N [B, 3, H, W] and ray directions d [B, H, W, 3]."""
-    return (normal.permute(0, 2, 3, 1) * directions).sum(-1).clamp(min=0).pow(2)
+def regularizer_losses(config: RegularizerConfig, out: RenderOutput, progress: float,
+                       model_elements: int) -> dict[str, torch.Tensor]:
+    """The active regularisers on a (square) render ``out`` at ``progress``, weighted, by config name
+    (opacity_sparsity, opacity_entropy, orientation); their sum is the regulariser loss.
 
-
-def regularizer_losses(config: RegularizerConfig, out: RenderOutput, cameras: Cameras, progress: float,
-                       teacher_image_size: int) -> dict[str, torch.Tensor]:
-    """The active regularisers on a (square) render ``out`` of ``cameras`` at ``progress``, weighted, by config
-    name (opacity_sparsity, opacity_entropy, orientation); their sum is the regulariser loss.
-
-    Each is a per-pixel sum counted in the teacher's pixels (the surrogate's scale) at any render resolution:
-    a 64 px render for a 32 px teacher weighs each render pixel a quarter."""
+    Each is a per-pixel sum rescaled to ``model_elements`` per image, the number of elements of the teacher's
+    model space (3·32² for the toy teacher, 4·64² latents for SD): the surrogate loss is a sum over those, so
+    a weight means the same for either teacher and at any render resolution, averaged over the batch."""
     resolution = out.image.shape[-1]
-    per_image = (teacher_image_size / resolution) ** 2 / out.image.shape[0]
+    per_image = model_elements / resolution**2 / out.image.shape[0]
     losses = {}
     if config.opacity_sparsity:
         losses["opacity_sparsity"] = (config.opacity_sparsity * sparsity_penalty(out.opacity, config.opacity_target)
@@ -43,7 +38,6 @@ def regularizer_losses(config: RegularizerConfig, out: RenderOutput, cameras: Ca
     entropy_weight = ramp_weight(config.opacity_entropy, config.opacity_entropy_from, progress)
     if entropy_weight:
         losses["opacity_entropy"] = entropy_weight * binary_entropy(out.opacity).sum() * per_image
-    if config.orientation and out.normal is not None:
-        _, directions = generate_rays(cameras.to(out.image.device), resolution)
-        losses["orientation"] = config.orientation * orientation_penalty(out.normal, directions).sum() * per_image
+    if config.orientation and out.orientation is not None:
+        losses["orientation"] = config.orientation * out.orientation.sum() * per_image
     return losses

@@ -6,9 +6,10 @@ anything is written, a run directory ``runs/<slug>-<time>/`` holding
     config.yaml        the full config (``--resume RUN_DIR`` reads it back)
     checkpoint.pt      field, background, occupancy, optimiser(s), critic, step (atomic, every N steps)
     validation/        orbit renders every ``validate_every`` steps
-    turntable.gif      (+ turntable.mp4 when an ffmpeg writer is installed)
+    turntable.gif      ``turntable_resolution`` px (+ turntable.mp4 when an ffmpeg writer is installed)
     mesh.glb, mesh.obj (+ mesh.mtl), mesh.ply
-    metrics.json       r_precision, view_consistency (toy teachers), seconds, steps, mesh statistics
+    metrics.json       r_precision, view_consistency, shape (nearest-real IoU; toy teachers), seconds, steps, mesh
+    log.jsonl          one line per step: loss, grad norm, t, opacity, regularisers, critic loss (VSD)
     eval.json          ``dreamdistill eval RUN_DIR``: the metrics re-scored from checkpoint.pt
 
 Every step draws its randomness (cameras, shading, timesteps, noise, critic) from a generator seeded by
@@ -32,9 +33,15 @@ import torch
 from dreamdistill.config import from_dict, read_yaml, save_yaml
 from dreamdistill.errors import DreamDistillError
 from dreamdistill.export import EmptySceneError, export_meshes, write_turntable
-from dreamdistill.fileio import save_image_atomic, torch_save_atomic, write_json_atomic
+from dreamdistill.fileio import (
+    append_jsonl,
+    save_image_atomic,
+    torch_save_atomic,
+    truncate_jsonl,
+    write_json_atomic,
+)
 from dreamdistill.lift3d.config import LiftConfig, check_config, check_resolutions, config_from_args
-from dreamdistill.lift3d.evaluate import ORBIT_ELEVATION, evaluate, score_orbit
+from dreamdistill.lift3d.evaluate import ORBIT_ELEVATION, evaluate, score_orbit, shape_score
 from dreamdistill.lift3d.lifter import Lifter
 from dreamdistill.lift3d.scene import load_scene, marching_step, render_orbit, to_uint8
 from dreamdistill.render.cameras import Cameras, orbit_cameras
@@ -42,6 +49,8 @@ from dreamdistill.texture import check_texture_size
 
 CONFIG_NAME, CHECKPOINT_NAME, METRICS_NAME = "config.yaml", "checkpoint.pt", "metrics.json"
 EVAL_NAME = "eval.json"
+LOG_NAME = "log.jsonl"
+"""One JSON line per step: step, loss, grad_norm, opacity, t, residual_rms, regularisers, critic_loss (VSD)."""
 
 
 # ---- the run folder -----------------------------------------------------------------------------------
@@ -152,15 +161,17 @@ def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float) -> dict:
     config = lifter.config
     save_validation(lifter, run_dir, steps)
     cameras = orbit_cameras(config.turntable_frames, elevation=ORBIT_ELEVATION)
-    written = write_turntable(to_uint8(lifter.render_views(cameras, config.view_resolution)),
+    written = write_turntable(to_uint8(lifter.render_views(cameras, config.turntable_resolution)),
                               run_dir / "turntable.gif")
+    shape = None
     try:
         mesh_files, mesh = export_meshes(lifter.field, config.export, run_dir, lifter.device, lifter.step_size)
         mesh_stats = mesh.stats()
+        shape = shape_score(mesh.vertices, mesh.faces, config.prompt, lifter.teacher.info.vocabulary)
     except EmptySceneError as error:
         print(f"warning: no mesh written: {error}", file=sys.stderr)
         mesh_files, mesh_stats = [], None
-    metrics = {**evaluate(lifter, config.prompt), "seconds": round(seconds, 1), "steps": steps,
+    metrics = {**evaluate(lifter, config.prompt), "shape": shape, "seconds": round(seconds, 1), "steps": steps,
                "method": config.method, "prompt": config.prompt, "mesh": mesh_stats}
     written += mesh_files + [write_json_atomic(run_dir / METRICS_NAME, metrics)]
     return {"run_dir": run_dir, "files": written, "metrics": metrics}
@@ -179,11 +190,14 @@ def optimise(lifter: Lifter, run_dir: Path, checkpoint: dict | None = None, stop
     if checkpoint is not None:
         lifter.load_state_dict(checkpoint)
         start, seconds = int(checkpoint["step"]), float(checkpoint["seconds"])
+    log = run_dir / LOG_NAME
+    truncate_jsonl(log, lambda record: record.get("step", 0) < start)  # a resumed run replays later steps
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=config.method,
                unit="step", disable=not progress_bar, dynamic_ncols=True, file=sys.stderr)
     began = time.perf_counter() - seconds
     for step in bar:
         stats = lifter.step(step)
+        append_jsonl(log, {"step": step, **{k: round(v, 6) for k, v in stats.items()}})
         bar.set_postfix(loss=f"{stats['loss']:.3g}", opacity=f"{stats['opacity']:.2f}", refresh=False)
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
@@ -281,8 +295,15 @@ def eval_run(run_dir: str | Path, views: int | None = None, resolution: int | No
     def render_views(cameras: Cameras) -> torch.Tensor:
         return render_orbit(field_, background, occupancy, config.render, cameras, resolution)
 
-    metrics = score_orbit(render_views, views, config.prompt, teacher_vocabulary(config.teacher), explain=True)
-    result = {**metrics, "views": views, "resolution": resolution, "step": int(checkpoint["step"]),
+    vocabulary = teacher_vocabulary(config.teacher)
+    metrics = score_orbit(render_views, views, config.prompt, vocabulary, explain=True)
+    shape = None
+    if (run_dir / "mesh.ply").is_file():
+        import trimesh
+
+        mesh = trimesh.load(run_dir / "mesh.ply", process=False)
+        shape = shape_score(np.asarray(mesh.vertices), np.asarray(mesh.faces), config.prompt, vocabulary)
+    result = {**metrics, "shape": shape, "views": views, "resolution": resolution, "step": int(checkpoint["step"]),
               "prompt": config.prompt}
     write_json_atomic(run_dir / EVAL_NAME, result)
     return result
