@@ -10,7 +10,8 @@ predicted view = camera's view label), mesh statistics and wall time. Per method
 is better (higher mean R-precision, then view consistency). Targets (issue 5): for the better method, mean
 R-precision ≥ 0.8 and mean view consistency ≥ 0.6; the default preset should be that method.
 Writes ``benchmarks/results/text_to_3d.json`` after every run and, at the end, ``text_to_3d.png`` (rows: each
-method's prompts in order, 8 turntable frames 45° apart); rerunning the same command skips the runs
+method's prompts in order, 8 turntable frames 45° apart, then the exported mesh from the same 8 cameras);
+rerunning the same command skips the runs
 already in it (same overrides, steps, teacher and preset files), so an interrupted benchmark resumes.
 With ``--jobs N`` the runs go to N worker processes (CPU threads split between them) in the order
 prompt by prompt, methods interleaved, so SDS and VSD of one prompt run side by side under the same load.
@@ -115,10 +116,49 @@ def finished_runs(path: Path, settings: dict) -> list[dict]:
     return earlier.get("runs", []) if earlier.get("settings") == settings else []
 
 
+FIGURE_TILE = 96
+"""Pixels per view in the figure."""
+
+
+def mesh_views(run_dir: Path, frames: int, size: int):
+    """``frames`` orbit views (elevation 15°, azimuth 0° first) of a run's exported mesh.ply, or None."""
+    import numpy as np
+    import trimesh
+
+    from dreamdistill.lift3d import ORBIT_ELEVATION
+    from dreamdistill.render.cameras import orbit_cameras
+    from dreamdistill.render.mesh_view import render_mesh
+
+    path = run_dir / "mesh.ply"
+    if not path.is_file():
+        return None
+    mesh = trimesh.load(path, process=False)
+    colors = np.asarray(mesh.visual.vertex_colors)[:, :3]
+    return render_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), colors,
+                       orbit_cameras(frames, elevation=ORBIT_ELEVATION), size)
+
+
+def label_tile(text: str, width: int, height: int):
+    """A white tile with ``text`` (wrapped) in black."""
+    import textwrap
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    tile = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(tile).multiline_text((4, 4), "\n".join(textwrap.wrap(text, 18)), fill=(0, 0, 0))
+    return np.asarray(tile)
+
+
 def write_figure(runs: list[dict], methods: list[str], prompts: list[str], path: Path, frames: int = 8) -> None:
-    """One row per (method, prompt), methods in blocks: ``frames`` turntable frames evenly spaced around the orbit."""
+    """One row per (method, prompt), methods in blocks: a label, ``frames`` NeRF turntable frames evenly spaced
+    around the orbit, then the exported mesh from the same cameras (so mesh defects show beside the field)."""
     import imageio.v3 as iio
     import numpy as np
+    from PIL import Image
+
+    def tile(image):
+        return np.asarray(Image.fromarray(image).resize((FIGURE_TILE, FIGURE_TILE), Image.LANCZOS))
 
     rows = []
     for method in methods:
@@ -129,7 +169,13 @@ def write_figure(runs: list[dict], methods: list[str], prompts: list[str], path:
                 continue
             turntable = iio.imread(gif, index=None)[..., :3]
             picks = np.linspace(0, len(turntable), frames, endpoint=False).astype(int)
-            rows.append(np.concatenate(list(turntable[picks]), axis=1))
+            meshes = mesh_views(Path(run["run_dir"]), frames, FIGURE_TILE)
+            if meshes is None:
+                meshes = np.full((frames, FIGURE_TILE, FIGURE_TILE, 3), 255, np.uint8)
+            iou = run.get("nearest_real_iou")
+            label = f"{method} {prompt}" + (f" IoU {iou:.2f}" if iou is not None else "")
+            rows.append(np.concatenate([label_tile(label, FIGURE_TILE + 32, FIGURE_TILE)]
+                                       + [tile(f) for f in turntable[picks]] + list(meshes), axis=1))
     if rows:
         iio.imwrite(path, np.concatenate(rows, axis=0))
 
@@ -159,6 +205,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/text_to_3d.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+    parser.add_argument("--figure-only", action="store_true", help="redraw the figure from the finished runs")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     presets = {method: preset_hash(method) for method in methods}  # a changed preset invalidates earlier runs
@@ -169,6 +216,8 @@ def main() -> None:
     info = device_info(args.device or "cpu")
     todo = [(prompt, method) for prompt in PROMPTS[: args.prompts] for method in methods
             if not any(r["method"] == method and r["prompt"] == prompt for r in runs)]
+    if args.figure_only:
+        todo = []
 
     def record(result: dict) -> None:
         runs.append(result)
