@@ -154,9 +154,10 @@ def distill_parser() -> argparse.ArgumentParser:
         "(sample it with `dreamdistill sample PROMPT --model OUT`). Rerunning the same command resumes. "
         "Multi-GPU: `accelerate launch -m dreamdistill.cli distill ...`.",
     )
-    parser.add_argument("method", choices=("kd", "pd", "guided", "dmd"),
+    parser.add_argument("method", choices=("kd", "pd", "guided", "dmd", "sid"),
                         help="kd: one-step regression on teacher rollouts; pd: progressive distillation; "
-                        "guided: w-conditioned student, then PD; dmd: one-step distribution matching")
+                        "guided: w-conditioned student, then PD; dmd: one-step distribution matching; "
+                        "sid: one-step score identity distillation")
     parser.add_argument("--teacher", default=None, help="toy (embedded), a teacher folder, or a cached hub id")
     parser.add_argument("--out", default=None, help="student folder to write (default: students/METHOD)")
     parser.add_argument("--config", default=None,

@@ -21,8 +21,10 @@ METHOD_SETTINGS = {
     "pd": ["pd.teacher_steps=4", "pd.student_steps=2", "data.source=toyworld", "pd.parameterisation=x"],
     "guided": ["pd.teacher_steps=2", "pd.student_steps=1", "guided.embedding_dim=8", "guided.stage1_steps=2"],
     "dmd": ["dmd.fake_steps=2", "dmd.fake=lora", "dmd.lora_rank=2"],
+    "sid": ["sid.fake_steps=2", "sid.fake=lora", "sid.lora_rank=2"],
 }
-EXPECTED = {"kd": (1, 1.0, False), "pd": (2, 1.0, False), "guided": (1, 3.0, True), "dmd": (1, 1.0, False)}
+EXPECTED = {"kd": (1, 1.0, False), "pd": (2, 1.0, False), "guided": (1, 3.0, True), "dmd": (1, 1.0, False),
+            "sid": (1, 1.0, False)}
 """(default_steps, default_cfg, guidance_embedding) of each saved student."""
 
 
@@ -36,7 +38,7 @@ def tiny_config(method, teacher_dir, out, *extra):
                                              *METHOD_SETTINGS[method], *extra])
 
 
-@pytest.mark.parametrize("method", ["kd", "pd", "guided", "dmd"])
+@pytest.mark.parametrize("method", ["kd", "pd", "guided", "dmd", "sid"])
 def test_method_smoke_run_saves_a_loadable_student(method, teacher, tiny_pixel_teacher_dir, tmp_path):
     out = distill(tiny_config(method, tiny_pixel_teacher_dir, tmp_path / method), teacher=teacher)
     student = Teacher.from_pretrained(out, device="cpu")

@@ -391,3 +391,109 @@ def test_one_step_students_refuse_an_eps_teacher_with_tiny_final_alpha(eps_teach
     teacher = Teacher.from_pretrained(eps_teacher_dir, device="cpu")
     with pytest.raises(DreamDistillError, match="ε-prediction"):
         check_one_step_teacher(teacher)
+
+
+def test_sid_generator_gradient_matches_the_closed_form():
+    """With linear denoisers f(x_t) = A x_t + b (float64), d L / d x_g of the SiD loss has a closed form:
+    with r = f_φ − f_ψ, q = (f_φ − x_g) − α r and n = sg(mean|x_g − f_φ|):
+    n · dL/dx_g = α_t (A − C)ᵀ q + (α_t Aᵀ − I − α α_t (A − C)ᵀ) r  (through both denoisers' inputs)."""
+    from dreamdistill.distill.sid import sid_generator_loss
+
+    g = torch.Generator().manual_seed(0)
+    d, alpha, a_t, s_t = 6, 1.2, 0.8, 0.6
+    A, C = torch.randn(d, d, generator=g, dtype=torch.float64), torch.randn(d, d, generator=g, dtype=torch.float64)
+    b, c = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
+    x_g = torch.randn(1, d, generator=g, dtype=torch.float64, requires_grad=True)
+    eps = torch.randn(1, d, generator=g, dtype=torch.float64)
+    x_t = a_t * x_g + s_t * eps
+    real, fake = x_t @ A.T + b, x_t @ C.T + c
+    sid_generator_loss(x=x_g, x0_real=real, x0_fake=fake, alpha=alpha).backward()
+    with torch.no_grad():
+        r = (real - fake)[0]
+        q = (real - x_g)[0] - alpha * r
+        n = (x_g - real).abs().mean()
+        eye = torch.eye(d, dtype=torch.float64)
+        expected = (a_t * (A - C).T @ q + (a_t * A.T - eye - alpha * a_t * (A - C).T) @ r) / n
+    torch.testing.assert_close(x_g.grad[0], expected)
+
+
+def test_sid_step_wiring_real_cfg_fake_trains_and_is_not_updated_by_the_generator(pixel, monkeypatch):
+    """One SiD step: the real x̂0 is the CFG teacher's and the fake x̂0 the fake denoiser's at the noised generator
+    sample (not swapped); the fake denoiser gets a DSM loss of its own; the generator loss reaches the generator
+    through the denoisers' inputs but leaves the fake denoiser's gradients empty."""
+    from dreamdistill.distill import sid
+    from dreamdistill.distill.data import training_prompts
+
+    recorded = {}
+    original = sid.sid_generator_loss
+    monkeypatch.setattr(sid, "sid_generator_loss", lambda **kw: recorded.update(kw) or original(**kw))
+    config = _distill_config("sid")
+    config.sid.t_range = (0.3, 0.7)
+    run = OneStepRun()
+    sid.distill_sid(run, pixel, config)
+    ctx = run.contexts["sid"]
+    assert set(ctx.losses) == {"fake", "generator"}
+    prompt_index, noise, t_offset, eps = ctx.draws[-4:]
+    prompts = training_prompts(pixel, None)
+    text = pixel.encode_text([prompts[i] for i in prompt_index.tolist()])
+    T = pixel.schedule.num_train_timesteps
+    x = oracle_x0_eps(pixel, pixel.unet, noise, torch.full((2,), T - 1), text)[0]
+    t = int(0.3 * T) + t_offset
+    ab = alpha_bar(pixel, t)
+    x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps.double()
+    torch.testing.assert_close(recorded["x0_real"].detach().double(),
+                               oracle_x0_eps(pixel, pixel.unet, x_t, t, text, 4.0)[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(recorded["x0_fake"].detach().double(),
+                               oracle_x0_eps(pixel, pixel.unet, x_t, t, text)[0], atol=1e-4, rtol=1e-4)
+    assert recorded["x0_real"].requires_grad and recorded["x0_fake"].requires_grad  # through the denoisers
+    fake, generator = ctx.models["fake"], ctx.models["generator"]
+    ctx.losses["generator"].backward()
+    assert all(p.grad is None for p in fake.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in generator.parameters())
+
+
+@dataclass
+class TrainingContext(RecordingContext):
+    """A recording context whose ``update`` takes a real optimiser step."""
+
+    def update(self, name, loss):
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        self.losses[name] = loss
+
+
+class TrainingRun(OneStepRun):
+    """Like OneStepRun, but each phase takes ``steps`` real Adam steps."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = steps
+
+    def phase(self, name, modules, step_fn, learning_rates=None):
+        optimizers = {k: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+                      for k, m in modules.items()}
+        for step in range(self.steps):
+            self.contexts[name] = ctx = TrainingContext(step=step, generator=torch.Generator().manual_seed(step),
+                                                        models=modules, device=torch.device("cpu"),
+                                                        accelerator=None, optimizers=optimizers)
+            step_fn(ctx)
+        return modules
+
+
+def test_sid_fake_denoiser_and_generator_train(pixel):
+    """A few SiD steps on a tiny teacher change the fake denoiser's weights (it trains on generator samples) and
+    the generator's."""
+    from dreamdistill.distill import sid
+
+    before = {k: v.clone() for k, v in pixel.unet.state_dict().items()}
+    run = TrainingRun(3)
+    config = _distill_config("sid")
+    config.sid.fake_steps = 2
+    trained = sid.distill_sid(run, pixel, config)
+    fake_changed = 0
+    for name, value in run.contexts["sid"].models["fake"].state_dict().items():
+        fake_changed += not torch.equal(value, before[name])
+    generator_changed = sum(not torch.equal(v, before[k]) for k, v in trained.unet.state_dict().items())
+    assert fake_changed > 10 and generator_changed > 10, (fake_changed, generator_changed)

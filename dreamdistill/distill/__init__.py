@@ -1,6 +1,6 @@
-"""Distill the 2D teacher into a fast sampler: KD, progressive (PD), guided and DMD distillation.
+"""Distill the 2D teacher into a fast sampler: KD, progressive (PD), guided, DMD and SiD distillation.
 
-``dreamdistill distill {kd,pd,guided,dmd} --teacher NAME_OR_PATH --out DIR`` (or :func:`distill`)
+``dreamdistill distill {kd,pd,guided,dmd,sid} --teacher NAME_OR_PATH --out DIR`` (or :func:`distill`)
 trains a student and saves it as a pixel-format teacher folder, so ``Teacher.from_pretrained(DIR)``
 loads it and ``dreamdistill sample PROMPT --model DIR`` samples from it with its own steps.
 
@@ -8,6 +8,7 @@ loads it and ``dreamdistill sample PROMPT --model DIR`` samples from it with its
     progressive.py  PD: closed-form two-step target, rounds halving the steps
     guided.py       w-conditioned student matching the CFG teacher, then PD on it
     dmd.py          one-step generator + fake score (distribution matching / 2D VSD)
+    sid.py          one-step generator + fake denoiser, loss through both denoisers (score identity)
     loop.py         the shared accelerate loop: phases, checkpoint/resume, progress bars
     data.py         prompts, toy-world renders, cached teacher rollouts
     student.py      calling UNets (CFG / embedded w / plain) and saving students
@@ -25,10 +26,11 @@ from dreamdistill.distill.dmd import DMDConfig
 from dreamdistill.distill.guided import GuidedConfig
 from dreamdistill.distill.loop import LoopConfig, Run
 from dreamdistill.distill.progressive import PDConfig, pd_rounds
+from dreamdistill.distill.sid import SiDConfig
 from dreamdistill.errors import DreamDistillError
 
-Method = Literal["kd", "pd", "guided", "dmd"]
-METHODS: tuple[str, ...] = ("kd", "pd", "guided", "dmd")
+Method = Literal["kd", "pd", "guided", "dmd", "sid"]
+METHODS: tuple[str, ...] = ("kd", "pd", "guided", "dmd", "sid")
 
 
 @dataclass
@@ -37,7 +39,7 @@ class DistillConfig:
 
     method: Method = "pd"
     """kd: one-step regression on teacher rollouts; pd: progressive distillation; guided: w-conditioned
-    student then PD; dmd: one-step distribution matching."""
+    student then PD; dmd: one-step distribution matching; sid: one-step score identity distillation."""
     teacher: str = "toy"
     """Teacher to distill: toy (embedded), a pixel-format folder (a student works too), or a cached hub id."""
     out: str = "students/pd"
@@ -53,6 +55,7 @@ class DistillConfig:
     pd: PDConfig = field(default_factory=PDConfig)
     guided: GuidedConfig = field(default_factory=GuidedConfig)
     dmd: DMDConfig = field(default_factory=DMDConfig)
+    sid: SiDConfig = field(default_factory=SiDConfig)
 
 
 RESUME_INSENSITIVE = ("out", "work_dir", "loop.checkpoint_every", "loop.log_every", "loop.device", "loop.threads")
@@ -99,6 +102,12 @@ def validate(config: DistillConfig) -> None:
             raise DreamDistillError(f"dmd.t_range must satisfy 0 <= low < high <= 1, got {list(dmd.t_range)}")
         if dmd.regression_weight < 0:
             raise DreamDistillError(f"dmd.regression_weight must be non-negative, got {dmd.regression_weight}")
+    if config.method == "sid":
+        sid = config.sid
+        if sid.fake_steps < 1 or sid.lora_rank < 1:
+            raise DreamDistillError("sid.fake_steps and sid.lora_rank must be at least 1")
+        if not 0 <= sid.t_range[0] < sid.t_range[1] <= 1:
+            raise DreamDistillError(f"sid.t_range must satisfy 0 <= low < high <= 1, got {list(sid.t_range)}")
 
 
 def _comparable(config: DistillConfig) -> dict:
@@ -193,6 +202,8 @@ def distill(config: DistillConfig, teacher=None) -> Path:
         from dreamdistill.distill.guided import distill_guided as method
     elif config.method == "dmd":
         from dreamdistill.distill.dmd import distill_dmd as method
+    elif config.method == "sid":
+        from dreamdistill.distill.sid import distill_sid as method
     else:
         raise DreamDistillError(f"unknown method {config.method!r}; use one of {', '.join(METHODS)}")
     student = method(run, teacher, config)

@@ -1,0 +1,130 @@
+"""Score identity Distillation (Zhou et al. 2024): a one-step generator trained through both score networks.
+
+Like DMD, a teacher-initialised one-step generator G(z; y) = x̂0 at t = T − 1 is paired with a fake denoiser
+f_ψ trained by denoising score matching on the generator's own samples (``fake_steps`` updates per generator
+update). Unlike DMD, the generator's loss is a function of x̂0 predictions that stays differentiable *through*
+the frozen real denoiser f_φ (the CFG teacher) and the fake one (whose weights it does not update): with
+x_t = α_t x_g + σ_t ε, the generator loss per sample is (SiD eq. 21, x̂0 form, DESIGN.md)
+
+    L = [(1 − α) ‖f_φ − f_ψ‖² + (f_φ − f_ψ)ᵀ (f_ψ − x_g)] / mean_pixels |x_g − f_φ|
+      = (f_φ − f_ψ)ᵀ [(f_φ − x_g) − α (f_φ − f_ψ)] / mean_pixels |x_g − f_φ|,
+
+with α = 1.2 by default and the per-sample normaliser (held constant) of the authors' code, which plays the
+role of the paper's ω(t). α = 1 drops the first term; α = 0.5 is the plain Fisher divergence estimate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import nn
+
+from dreamdistill.diffusion.dsm import denoising_loss
+from dreamdistill.diffusion.schedule import add_noise
+from dreamdistill.diffusion.teacher import Teacher
+from dreamdistill.distill.dmd import DMDConfig, fake_score
+from dreamdistill.distill.loop import Run, StepContext
+from dreamdistill.distill.student import TrainedStudent, check_one_step_teacher, generate, trainable_copy
+
+if TYPE_CHECKING:
+    from dreamdistill.distill import DistillConfig
+
+
+@dataclass
+class SiDConfig:
+    """Score identity distillation settings."""
+
+    alpha: float = 1.2
+    """α of the generator loss (the paper's default 1.2)."""
+    fake_steps: int = 1
+    """Fake-denoiser updates per generator update (SiD used 1)."""
+    fake: Literal["lora", "copy"] = "copy"
+    """Fake denoiser: a fully trained copy of the teacher UNet (SiD), or LoRA adapters on a frozen copy."""
+    lora_rank: int = 16
+    """Rank of the fake denoiser's LoRA (fake = lora)."""
+    fake_learning_rate: float | None = None
+    """Learning rate of the fake denoiser (None: loop.learning_rate)."""
+    t_range: tuple[float, float] = (0.02, 0.8)
+    """Fraction of [0, T) from which the generator loss's timesteps are drawn (SiD: t_max = 800 of 1000)."""
+
+
+def sid_generator_loss(*, x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor,
+                       alpha: float) -> torch.Tensor:
+    """SiD generator loss, eq. (f_φ − f_ψ)ᵀ[(f_φ − x_g) − α(f_φ − f_ψ)] / sg(mean|x_g − f_φ|), summed over
+    elements and averaged over the batch. ``x0_real`` and ``x0_fake`` keep their graphs back to ``x``."""
+    with torch.no_grad():
+        normaliser = (x - x0_real).abs().flatten(1).mean(dim=1).clamp(min=1e-5)
+    gap = x0_real - x0_fake
+    per_sample = (gap * ((x0_real - x) - alpha * gap)).flatten(1).sum(dim=1)
+    return (per_sample / normaliser).mean()
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Within this context ``module``'s trainable parameters take no gradient (inputs still do)."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def _sid_step(teacher: Teacher, prompts: list[str], timestep: int, config: DistillConfig):
+    batch_size, sid = config.loop.batch_size, config.sid
+    num_train = teacher.schedule.num_train_timesteps
+    t_low = int(sid.t_range[0] * num_train)
+    t_high = max(int(sid.t_range[1] * num_train), t_low + 1)
+    real = teacher.denoiser(teacher.unet, "cfg")
+    shape = teacher.model_shape
+
+    def draw_prompts(ctx: StepContext) -> torch.Tensor:
+        return teacher.encode_text([prompts[i] for i in ctx.randint(len(prompts), batch_size).tolist()])
+
+    def step(ctx: StepContext) -> dict[str, float]:
+        generator, fake = ctx.models["generator"], ctx.models["fake"]
+        for _ in range(sid.fake_steps):  # f_ψ follows the generator's current distribution (DSM on its samples)
+            text = draw_prompts(ctx)
+            with torch.no_grad():
+                x = generate(teacher, generator, ctx.randn(batch_size, *shape), text, timestep)
+            t = ctx.randint(num_train, batch_size).to(ctx.device)
+            eps = ctx.randn(batch_size, *shape)
+            alpha, sigma = teacher.schedule.alpha_sigma(t)
+            x_t = add_noise(x0=x, eps=eps, alpha=alpha, sigma=sigma)
+            fake_loss = denoising_loss(teacher.model_output(x_t, t, text, fake), x0=x, eps=eps, alpha=alpha,
+                                       sigma=sigma, prediction_type=teacher.prediction_type)
+            ctx.update("fake", fake_loss)
+
+        text = draw_prompts(ctx)
+        x = generate(teacher, generator, ctx.randn(batch_size, *shape), text, timestep)
+        t = (t_low + ctx.randint(t_high - t_low, batch_size)).to(ctx.device)
+        alpha, sigma = teacher.schedule.alpha_sigma(t)
+        x_t = add_noise(x0=x, eps=ctx.randn(batch_size, *shape), alpha=alpha, sigma=sigma)
+        with frozen(fake):  # the generator's loss flows through f_ψ's input, never into ψ
+            x0_real = real(x_t, t, text, config.cfg).x0
+            x0_fake = teacher.denoiser(fake, "none")(x_t, t, text).x0
+        loss = sid_generator_loss(x=x, x0_real=x0_real, x0_fake=x0_fake, alpha=sid.alpha)
+        ctx.update("generator", loss)
+        return {"sid": loss.item(), "fake": fake_loss.item()}
+
+    return step
+
+
+def distill_sid(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStudent:
+    """Train the one-step generator and its fake denoiser together; returns the generator."""
+    from dreamdistill.distill.data import training_prompts
+    from dreamdistill.distill.student import student_schedule
+
+    check_one_step_teacher(teacher)
+    prompts = training_prompts(teacher, config.prompts)
+    timestep = int(student_schedule(teacher).timesteps(1)[0])
+    fake = fake_score(teacher, DMDConfig(fake=config.sid.fake, lora_rank=config.sid.lora_rank))
+    modules = {"generator": trainable_copy(teacher.unet), "fake": fake}
+    rates = {"fake": config.sid.fake_learning_rate} if config.sid.fake_learning_rate else None
+    trained = run.phase("sid", modules, _sid_step(teacher, prompts, timestep, config), rates)
+    return TrainedStudent(trained["generator"], steps=1, cfg=1.0)
