@@ -11,6 +11,9 @@ no training used) and the same N noise tensors:
 Columns:
 - fd: Fréchet distance between the evaluator's features of the samples and of the N real renders
   (fd_floor in the JSON: two independent real sets of N, the smallest FD N samples can show);
+- kid, kid_se: kernel inception distance (unbiased at any N) with its standard error over 10 disjoint
+  blocks (kid_floor: the same for two independent real sets); call two rows different only when their
+  KIDs differ by more than two standard errors;
 - prompt fidelity: the evaluator's category and colour agree with the prompt (and its view, for
   categories that have a front), with the per-attribute accuracies;
 - psnr_vs_teacher64: PSNR against the teacher's 64-step CFG DDIM output from the same noise (the ODE
@@ -39,7 +42,7 @@ from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.errors import DreamDistillError
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("kd", "pd", "guided", "dmd")
+METHODS = ("kd", "pd", "guided", "dmd", "sid")
 TARGETS = {"pd_fd_ratio_max": 1.5, "dmd_fd_ratio_max": 2.0, "guided_fidelity_gap_max_points": 5.0,
            "pd_speedup_min": 16.0}
 """Issue 6's acceptance thresholds (ratios to the 64-step CFG teacher measured in the same run)."""
@@ -190,7 +193,7 @@ def student_rows(students: Path) -> list[tuple[str, Path]]:
 # ------------------------------------------------------------------------------------------ main
 def run(args: argparse.Namespace) -> dict:
     from dreamdistill.toyworld import render_dataset
-    from dreamdistill.toyworld.evaluator import Evaluator, frechet_distance
+    from dreamdistill.toyworld.evaluator import Evaluator, frechet_distance, kernel_inception_distance
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     teacher = Teacher.from_pretrained(args.teacher, device=device, dtype=torch.float32 if args.train else None)
@@ -206,7 +209,9 @@ def run(args: argparse.Namespace) -> dict:
     real = render_dataset(args.num, seed=args.seed)
     floor = render_dataset(args.num, seed=args.seed + 1)
     real_features = evaluator.embed(real.images)
-    fd_floor = frechet_distance(real_features, evaluator.embed(floor.images))
+    floor_features = evaluator.embed(floor.images)
+    fd_floor = frechet_distance(real_features, floor_features)
+    kid_floor = kernel_inception_distance(floor_features, real_features)
     prompts = real.captions
     noise = torch.randn((args.num, *teacher.model_shape), generator=torch.Generator().manual_seed(args.seed))
 
@@ -223,9 +228,11 @@ def run(args: argparse.Namespace) -> dict:
         if name == f"teacher-{args.reference_steps}":
             reference = images
         doubled = guidance != 1.0 and not model.info.guidance_embedding
+        features = evaluator.embed(images)
         row = {
             "name": name, "steps": steps, "cfg": guidance, "network_evals_per_image": steps * (2 if doubled else 1),
-            "fd": round(frechet_distance(evaluator.embed(images), real_features), 4),
+            "fd": round(frechet_distance(features, real_features), 4),
+            **dict(zip(("kid", "kid_se"), (round(v, 6) for v in kernel_inception_distance(features, real_features)))),
             **prompt_fidelity(evaluator.classify(images), real),
             "psnr_vs_teacher64": round(psnr(images, reference), 3) if reference is not None else None,
             "seconds_per_image": seconds / args.num,
@@ -250,7 +257,8 @@ def run(args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "teacher": str(teacher.info.path), "cfg": cfg, "num_samples": args.num, "seed": args.seed,
-        "fd_floor": round(fd_floor, 4), "rows": rows, "checks": checks, "targets": TARGETS,
+        "fd_floor": round(fd_floor, 4), "kid_floor": [round(v, 6) for v in kid_floor],
+        "rows": rows, "checks": checks, "targets": TARGETS,
         "figure": str(figure_path),
     }
 

@@ -66,3 +66,26 @@ def test_frechet_distance() -> None:
     assert frechet_distance(a, b) == pytest.approx(1.0 + 4.0, rel=0.1)
     assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-6)
     assert frechet_distance(a, a + 0.5) > 0.9
+
+
+def test_kernel_inception_distance_is_unbiased_and_matches_a_direct_sum():
+    """KID of two samples of one distribution is centred on 0 (unbiased), of shifted ones clearly positive;
+    a block's estimate equals the textbook double sum (two identical blocks: their mean is that sum)."""
+    from dreamdistill.toyworld.evaluator import kernel_inception_distance
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(400, 4, generator=g), torch.randn(400, 4, generator=g)
+    same, same_se = kernel_inception_distance(a, b)
+    assert abs(same) < 3 * same_se + 1e-3
+    shifted, shifted_se = kernel_inception_distance(a, b + 1.0)
+    assert shifted > same + 4 * shifted_se
+    n, x, y = 40, a[:40].double(), (b[:40] + 1.0).double()
+
+    def k(p, q):
+        return (p @ q / 4 + 1) ** 3
+
+    direct = (sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+              + sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+              - 2 * sum(k(x[i], y[j]) for i in range(n) for j in range(n)) / n**2)
+    twice, _ = kernel_inception_distance(torch.cat([x, x]), torch.cat([y, y]), blocks=2)
+    assert twice == pytest.approx(float(direct), rel=1e-9)
