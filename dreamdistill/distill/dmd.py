@@ -19,16 +19,21 @@ An optional regression loss ‖G(z_i) − x0_i‖² to cached teacher rollouts k
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from dreamdistill.diffusion.dsm import denoising_loss
 from dreamdistill.diffusion.schedule import add_noise
 from dreamdistill.diffusion.teacher import Teacher
+from dreamdistill.distill.fake_score import (
+    LORA_TARGETS,
+    FakeKind,
+    draw_timesteps,
+    fake_score,
+    prompt_drawer,
+    update_fake,
+)
 from dreamdistill.distill.loop import Run, StepContext
 from dreamdistill.distill.student import TrainedStudent, check_one_step_teacher, generate, trainable_copy
 
@@ -42,11 +47,11 @@ class DMDConfig:
 
     fake_steps: int = 4
     """Fake-score updates per generator update (two time-scale updates)."""
-    fake: Literal["lora", "copy"] = "lora"
+    fake: FakeKind = "lora"
     """Fake score network: a LoRA (peft) on a frozen copy of the teacher UNet, or a fully trained copy."""
     lora_rank: int = 16
     """Rank of the fake score's LoRA."""
-    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
+    lora_targets: tuple[str, ...] = LORA_TARGETS
     """UNet module names that get LoRA adapters (attention projections and ResNet convolutions)."""
     fake_learning_rate: float | None = None
     """Learning rate of the fake score (None: loop.learning_rate)."""
@@ -69,43 +74,17 @@ def gradient_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return 0.5 * (x.float() - (x - grad).detach().float()).square().mean()
 
 
-# ------------------------------------------------------------------------------------------- networks
-def fake_score(teacher: Teacher, config: DMDConfig) -> nn.Module:
-    """The fake score network, initialised as the teacher: a full trainable copy, or LoRA adapters on a frozen one."""
-    if config.fake == "copy":
-        return trainable_copy(teacher.unet)
-    from peft import LoraConfig
-
-    fake = copy.deepcopy(teacher.unet).float().requires_grad_(False)
-    fake.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
-                                target_modules=list(config.lora_targets), init_lora_weights=True))
-    return fake.train()
-
-
 def _dmd_step(teacher: Teacher, prompts: list[str], pairs, timestep: int, config: DistillConfig):
     batch_size, dmd = config.loop.batch_size, config.dmd
     num_train = teacher.schedule.num_train_timesteps
-    t_low = int(dmd.t_range[0] * num_train)
-    t_high = max(int(dmd.t_range[1] * num_train), t_low + 1)
     real = teacher.denoiser(teacher.unet, "cfg")
     shape = teacher.model_shape
-
-    def draw_prompts(ctx: StepContext) -> torch.Tensor:
-        return teacher.encode_text([prompts[i] for i in ctx.randint(len(prompts), batch_size).tolist()])
+    draw_prompts = prompt_drawer(teacher, prompts, batch_size)
 
     def step(ctx: StepContext) -> dict[str, float]:
         generator, fake = ctx.models["generator"], ctx.models["fake"]
         for _ in range(dmd.fake_steps):  # the fake score follows the generator's current distribution
-            text = draw_prompts(ctx)
-            with torch.no_grad():
-                x = generate(teacher, generator, ctx.randn(batch_size, *shape), text, timestep)
-            t = ctx.randint(num_train, batch_size).to(ctx.device)
-            eps = ctx.randn(batch_size, *shape)
-            alpha, sigma = teacher.schedule.alpha_sigma(t)
-            x_t = add_noise(x0=x, eps=eps, alpha=alpha, sigma=sigma)
-            fake_loss = denoising_loss(teacher.model_output(x_t, t, text, fake), x0=x, eps=eps, alpha=alpha,
-                                       sigma=sigma, prediction_type=teacher.prediction_type)
-            ctx.update("fake", fake_loss)
+            fake_loss = update_fake(ctx, teacher, draw_prompts, timestep, batch_size)
 
         text = draw_prompts(ctx)
         noise = ctx.randn(batch_size, *shape)
@@ -114,7 +93,7 @@ def _dmd_step(teacher: Teacher, prompts: list[str], pairs, timestep: int, config
             noise, text = torch.cat([noise, pair_noise]), torch.cat([text, teacher.encode_text(pair_prompts)])
         x_all = generate(teacher, generator, noise, text, timestep)
         x, text = x_all[:batch_size], text[:batch_size]
-        t = (t_low + ctx.randint(t_high - t_low, batch_size)).to(ctx.device)
+        t = draw_timesteps(ctx, dmd.t_range, num_train, batch_size)
         alpha, sigma = teacher.schedule.alpha_sigma(t)
         x_t = add_noise(x0=x.detach(), eps=ctx.randn(batch_size, *shape), alpha=alpha, sigma=sigma)
         with torch.no_grad():
@@ -143,7 +122,9 @@ def distill_dmd(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStu
     if config.dmd.regression_weight > 0:
         pairs = teacher_rollouts(run, teacher, prompts, config.cfg, config.data)
     timestep = int(student_schedule(teacher).timesteps(1)[0])
-    modules = {"generator": trainable_copy(teacher.unet), "fake": fake_score(teacher, config.dmd)}
+    modules = {"generator": trainable_copy(teacher.unet), "fake": fake_score(teacher, config.dmd.fake,
+                                                                                   config.dmd.lora_rank,
+                                                                                   config.dmd.lora_targets)}
     rates = {"fake": config.dmd.fake_learning_rate} if config.dmd.fake_learning_rate else None
     trained = run.phase("dmd", modules, _dmd_step(teacher, prompts, pairs, timestep, config), rates)
     return TrainedStudent(trained["generator"], steps=1, cfg=1.0)

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from dreamdistill.diffusion.dsm import denoising_loss
 from dreamdistill.diffusion.schedule import add_noise
 from dreamdistill.diffusion.teacher import Teacher
-from dreamdistill.distill.dmd import DMDConfig, fake_score
+from dreamdistill.distill.fake_score import FakeKind, draw_timesteps, fake_score, prompt_drawer, update_fake
 from dreamdistill.distill.loop import Run, StepContext
 from dreamdistill.distill.student import TrainedStudent, check_one_step_teacher, generate, trainable_copy
 
@@ -41,7 +40,7 @@ class SiDConfig:
     """α of the generator loss (the paper's default 1.2)."""
     fake_steps: int = 1
     """Fake-denoiser updates per generator update (SiD used 1)."""
-    fake: Literal["lora", "copy"] = "copy"
+    fake: FakeKind = "copy"
     """Fake denoiser: a fully trained copy of the teacher UNet (SiD), or LoRA adapters on a frozen copy."""
     lora_rank: int = 16
     """Rank of the fake denoiser's LoRA (fake = lora)."""
@@ -78,31 +77,18 @@ def frozen(module: nn.Module):
 def _sid_step(teacher: Teacher, prompts: list[str], timestep: int, config: DistillConfig):
     batch_size, sid = config.loop.batch_size, config.sid
     num_train = teacher.schedule.num_train_timesteps
-    t_low = int(sid.t_range[0] * num_train)
-    t_high = max(int(sid.t_range[1] * num_train), t_low + 1)
     real = teacher.denoiser(teacher.unet, "cfg")
     shape = teacher.model_shape
-
-    def draw_prompts(ctx: StepContext) -> torch.Tensor:
-        return teacher.encode_text([prompts[i] for i in ctx.randint(len(prompts), batch_size).tolist()])
+    draw_prompts = prompt_drawer(teacher, prompts, batch_size)
 
     def step(ctx: StepContext) -> dict[str, float]:
         generator, fake = ctx.models["generator"], ctx.models["fake"]
         for _ in range(sid.fake_steps):  # f_ψ follows the generator's current distribution (DSM on its samples)
-            text = draw_prompts(ctx)
-            with torch.no_grad():
-                x = generate(teacher, generator, ctx.randn(batch_size, *shape), text, timestep)
-            t = ctx.randint(num_train, batch_size).to(ctx.device)
-            eps = ctx.randn(batch_size, *shape)
-            alpha, sigma = teacher.schedule.alpha_sigma(t)
-            x_t = add_noise(x0=x, eps=eps, alpha=alpha, sigma=sigma)
-            fake_loss = denoising_loss(teacher.model_output(x_t, t, text, fake), x0=x, eps=eps, alpha=alpha,
-                                       sigma=sigma, prediction_type=teacher.prediction_type)
-            ctx.update("fake", fake_loss)
+            fake_loss = update_fake(ctx, teacher, draw_prompts, timestep, batch_size)
 
         text = draw_prompts(ctx)
         x = generate(teacher, generator, ctx.randn(batch_size, *shape), text, timestep)
-        t = (t_low + ctx.randint(t_high - t_low, batch_size)).to(ctx.device)
+        t = draw_timesteps(ctx, sid.t_range, num_train, batch_size)
         alpha, sigma = teacher.schedule.alpha_sigma(t)
         x_t = add_noise(x0=x, eps=ctx.randn(batch_size, *shape), alpha=alpha, sigma=sigma)
         with frozen(fake):  # the generator's loss flows through f_ψ's input, never into ψ
@@ -123,7 +109,7 @@ def distill_sid(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStu
     check_one_step_teacher(teacher)
     prompts = training_prompts(teacher, config.prompts)
     timestep = int(student_schedule(teacher).timesteps(1)[0])
-    fake = fake_score(teacher, DMDConfig(fake=config.sid.fake, lora_rank=config.sid.lora_rank))
+    fake = fake_score(teacher, config.sid.fake, config.sid.lora_rank)
     modules = {"generator": trainable_copy(teacher.unet), "fake": fake}
     rates = {"fake": config.sid.fake_learning_rate} if config.sid.fake_learning_rate else None
     trained = run.phase("sid", modules, _sid_step(teacher, prompts, timestep, config), rates)

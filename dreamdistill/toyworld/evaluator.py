@@ -176,12 +176,15 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
 def kernel_inception_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, blocks: int = 10
                               ) -> tuple[float, float]:
     """KID (Bińkowski et al. 2018) with its standard error: the unbiased MMD² with the cubic polynomial kernel
-    k(x, y) = (xᵀy / D + 1)³, on ``blocks`` disjoint equal blocks of both sets; returns (mean over blocks,
-    std over blocks / √blocks). Unbiased at any n, so small sets give noisy but centred estimates."""
+    k(x, y) = (xᵀy / D + 1)³, on ``blocks`` disjoint equal blocks of both sets (fewer when the sets are small:
+    each block needs 2 samples); returns (mean over blocks, std over blocks / √blocks). Unbiased at any n, so
+    small sets give noisy but centred estimates."""
     a, b = feats_a.double(), feats_b.double()
-    size = min(a.shape[0], b.shape[0]) // blocks
-    if size < 2:
-        raise ValueError(f"KID needs at least {2 * blocks} samples in each set, got {a.shape[0]} and {b.shape[0]}")
+    n = min(a.shape[0], b.shape[0])
+    blocks = min(blocks, n // 2)
+    if blocks < 2:
+        raise ValueError(f"KID with a standard error needs at least 4 samples in each set, got {n}")
+    size = n // blocks
     dim = a.shape[1]
     estimates = []
     for block in range(blocks):
