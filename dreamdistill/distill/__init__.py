@@ -26,6 +26,7 @@ from dreamdistill.distill.guided import GuidedConfig
 from dreamdistill.distill.loop import LoopConfig, Run
 from dreamdistill.distill.progressive import PDConfig, pd_rounds
 from dreamdistill.errors import DreamDistillError
+from dreamdistill.paths import configs_dir
 
 Method = Literal["kd", "pd", "guided", "dmd"]
 METHODS: tuple[str, ...] = ("kd", "pd", "guided", "dmd")
@@ -60,8 +61,8 @@ RESUME_INSENSITIVE = ("out", "work_dir", "loop.checkpoint_every", "loop.log_ever
 
 
 def preset_path(method: str) -> Path:
-    """The shipped preset configs/distill-METHOD.yaml (in the source tree)."""
-    return Path(__file__).resolve().parents[2] / "configs" / f"distill-{method}.yaml"
+    """The shipped preset configs/distill-METHOD.yaml."""
+    return configs_dir() / f"distill-{method}.yaml"
 
 
 def work_dir_of(config: DistillConfig) -> Path:
