@@ -36,3 +36,13 @@ def cuda_ext_dir() -> Path:
     override = os.environ.get("DREAMDISTILL_CUDA_EXT")
     return Path(override) if override else shipped("cuda_ext")
 
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the checkout this package runs from (the folder above it), or else to the current
+    folder, when inside one of them; as given otherwise. Committed files (benchmarks/results/*.json) record this
+    instead of one machine's absolute folders."""
+    resolved = Path(path).resolve()
+    for root in (PACKAGE.parent, Path.cwd().resolve()):
+        if resolved.is_relative_to(root):
+            return resolved.relative_to(root).as_posix()
+    return str(path)
