@@ -68,5 +68,5 @@ def test_the_wheel_installs_and_runs_from_another_folder(tmp_path):
               elsewhere, env)
     (run_dir,) = (elsewhere / "runs").iterdir()
     assert out.startswith(f"done: runs/{run_dir.name}")
-    for name in ("config.yaml", "metrics.json", "mesh.ply", "turntable.gif"):
+    for name in ("config.yaml", "metrics.json", "mesh.ply", "turntable.gif", "report.html"):
         assert (run_dir / name).is_file(), name
