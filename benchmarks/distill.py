@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.errors import DreamDistillError
+from dreamdistill.paths import repo_relative
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("kd", "pd", "guided", "dmd", "sid")
@@ -236,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
             **prompt_fidelity(evaluator.classify(images), real),
             "psnr_vs_teacher64": round(psnr(images, reference), 3) if reference is not None else None,
             "seconds_per_image": seconds / args.num,
-            "folder": str(model.info.path),
+            "folder": repo_relative(model.info.path),
             "training": None if model is teacher else training_summary(Path(model.info.path)),
         }
         rows.append(row)
@@ -256,10 +257,10 @@ def run(args: argparse.Namespace) -> dict:
         "command": "python benchmarks/distill.py " + " ".join(sys.argv[1:]),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
-        "teacher": str(teacher.info.path), "cfg": cfg, "num_samples": args.num, "seed": args.seed,
+        "teacher": repo_relative(teacher.info.path), "cfg": cfg, "num_samples": args.num, "seed": args.seed,
         "fd_floor": round(fd_floor, 4), "kid_floor": [round(v, 6) for v in kid_floor],
         "rows": rows, "checks": checks, "targets": TARGETS,
-        "figure": str(figure_path),
+        "figure": repo_relative(figure_path),
     }
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from dreamdistill.fileio import write_json_atomic
 from dreamdistill.machine import device_info
+from dreamdistill.paths import repo_relative
 from dreamdistill.shape import diversity
 from dreamdistill.toyworld.shape_fidelity import (
     MESH_RESOLUTION,
@@ -101,8 +102,7 @@ def main() -> None:
         "info": info,
     }
     write_json_atomic(args.out, payload)
-    shown = args.out.resolve().relative_to(ROOT) if args.out.resolve().is_relative_to(ROOT) else args.out
-    print(json.dumps(payload["summary"]), f"({payload['total_seconds']} s) ->", shown)
+    print(json.dumps(payload["summary"]), f"({payload['total_seconds']} s) ->", repo_relative(args.out))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.fileio import write_json_atomic
 from dreamdistill.machine import device_info
 from dreamdistill.metrics import prompt_fidelity, prompt_labels
+from dreamdistill.paths import repo_relative
 from dreamdistill.toyworld import render_dataset
 from dreamdistill.toyworld.captions import caption
 from dreamdistill.toyworld.evaluator import Evaluator, frechet_distance
@@ -90,7 +91,7 @@ def main() -> None:
     result = {
         "command": "python benchmarks/teacher_quality.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "grid")),
-        "teacher": str(teacher.info.path), "trained_steps": trained_steps(teacher.info.path),
+        "teacher": repo_relative(teacher.info.path), "trained_steps": trained_steps(teacher.info.path),
         "prompts": len(benchmark_prompts()), "samples_per_prompt": args.per_prompt, "ddim_steps": args.steps,
         "cfg": args.cfg, "accuracy": fidelity, "targets": {"category": 0.9, "colour": 0.9, "view": 0.7},
         "frechet_distance_to_real": fd, "frechet_distance_real_vs_real_floor": fd_floor,

@@ -1,5 +1,5 @@
 """Command line: ``dreamdistill PROMPT`` (text-to-3D) and the subcommands
-``sample``, ``train-teacher``, ``distill``, ``export`` and ``eval``.
+``sample``, ``train-teacher``, ``distill``, ``export``, ``eval`` and ``report``.
 
 User errors print one line (``error: ...``) and exit with status 2; no tracebacks.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dreamdistill.errors import DreamDistillError
 
-SUBCOMMANDS = ("sample", "train-teacher", "distill", "export", "eval")
+SUBCOMMANDS = ("sample", "train-teacher", "distill", "export", "eval", "report")
 
 
 def _device_argument(parser: argparse.ArgumentParser) -> None:
@@ -250,6 +250,29 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- report
+def report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dreamdistill report",
+        description="(Re)build RUN_DIR/report.html: the mesh in an interactive 3D view, the turntable, the last "
+        "validation strip, the metrics, the curves of log.jsonl and the config, in one self-contained page that "
+        "opens from a file:// URL with no network.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder made by `dreamdistill PROMPT`")
+    return parser
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from dreamdistill.report import REPORT_NAME, write_report
+
+    if not Path(args.run_dir).is_dir():
+        raise DreamDistillError(f"{args.run_dir} is not a folder; pass a folder made by `dreamdistill PROMPT`")
+    if not os.access(args.run_dir, os.W_OK):
+        raise DreamDistillError(f"cannot write {REPORT_NAME} into {args.run_dir}: it is not writable")
+    print(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -263,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_export(export_parser().parse_args(argv[1:]))
         if argv and argv[0] == "eval":
             return run_eval(eval_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "report":
+            return run_report(report_parser().parse_args(argv[1:]))
         return run_text_to_3d(main_parser().parse_args(argv))
     except DreamDistillError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -28,6 +28,7 @@ from dreamdistill.distill.loop import LoopConfig, Run
 from dreamdistill.distill.progressive import PDConfig, pd_rounds
 from dreamdistill.distill.sid import SiDConfig
 from dreamdistill.errors import DreamDistillError
+from dreamdistill.paths import configs_dir
 
 Method = Literal["kd", "pd", "guided", "dmd", "sid"]
 METHODS: tuple[str, ...] = ("kd", "pd", "guided", "dmd", "sid")
@@ -63,8 +64,8 @@ RESUME_INSENSITIVE = ("out", "work_dir", "loop.checkpoint_every", "loop.log_ever
 
 
 def preset_path(method: str) -> Path:
-    """The shipped preset configs/distill-METHOD.yaml (in the source tree)."""
-    return Path(__file__).resolve().parents[2] / "configs" / f"distill-{method}.yaml"
+    """The shipped preset configs/distill-METHOD.yaml."""
+    return configs_dir() / f"distill-{method}.yaml"
 
 
 def work_dir_of(config: DistillConfig) -> Path:

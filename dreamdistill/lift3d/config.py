@@ -13,6 +13,7 @@ from dreamdistill.errors import DreamDistillError
 from dreamdistill.export import FORMATS, ExportConfig
 from dreamdistill.guidance.sds import GuidanceConfig
 from dreamdistill.guidance.vsd import CriticConfig
+from dreamdistill.paths import configs_dir
 from dreamdistill.render.cameras import CameraRanges
 from dreamdistill.render.config import RenderConfig
 from dreamdistill.scene.config import SceneConfig
@@ -89,11 +90,6 @@ class LiftConfig:
     """Resolution of validation, turntable and metric renders."""
     metric_views: int = 8
     """Orbit renders (elevation 15°) scored for R-precision and view consistency."""
-
-
-def configs_dir() -> Path:
-    """The shipped presets (configs/ in the source tree)."""
-    return Path(__file__).resolve().parents[2] / "configs"
 
 
 def default_preset(teacher: str, method: str) -> Path | None:

@@ -10,6 +10,7 @@ anything is written, a run directory ``runs/<slug>-<time>/`` holding
     mesh.glb, mesh.obj (+ mesh.mtl), mesh.ply
     metrics.json       r_precision, view_consistency, shape (nearest-real IoU; toy teachers), seconds, steps, mesh
     log.jsonl          one line per step: loss, grad norm, t, opacity, regularisers, critic loss (VSD)
+    report.html        the page to look at the result (dreamdistill/report.py; ``dreamdistill report RUN_DIR``)
     eval.json          ``dreamdistill eval RUN_DIR``: the metrics re-scored from checkpoint.pt
 
 Every step draws its randomness (cameras, shading, timesteps, noise, critic) from a generator seeded by
@@ -157,7 +158,10 @@ def save_validation(lifter: Lifter, run_dir: Path, step: int) -> Path:
 
 
 def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float) -> dict:
-    """Turntable, meshes (an empty scene gives a warning and no mesh) and metrics.json after the last step."""
+    """Turntable, meshes (an empty scene gives a warning and no mesh), metrics.json and report.html after the last
+    step."""
+    from dreamdistill.report import write_report  # imported here: the report reads this module's file names
+
     config = lifter.config
     save_validation(lifter, run_dir, steps)
     cameras = orbit_cameras(config.turntable_frames, elevation=ORBIT_ELEVATION)
@@ -174,6 +178,11 @@ def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float) -> dict:
     metrics = {**evaluate(lifter, config.prompt), "shape": shape, "seconds": round(seconds, 1), "steps": steps,
                "method": config.method, "prompt": config.prompt, "mesh": mesh_stats}
     written += mesh_files + [write_json_atomic(run_dir / METRICS_NAME, metrics)]
+    try:
+        written.append(write_report(run_dir))
+    except Exception as error:  # everything else is written: a page that fails must not fail the run
+        print(f"warning: no report.html written ({error}); `dreamdistill report {run_dir}` rebuilds it",
+              file=sys.stderr)
     return {"run_dir": run_dir, "files": written, "metrics": metrics}
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from dreamdistill.paths import cuda_ext_dir
+
 OPS_NAMESPACE = "dreamdistill_hashgrid"
 CXX_FLAGS = ["-O3", "-ffp-contract=off"]  # no -march=native: the cache may be shared across CPUs
 NVCC_FLAGS = ["-O3", "-lineinfo"]  # no fast math: it would flush denormals (the host kernel does not)
@@ -29,10 +31,8 @@ _state: dict[str, Any] = {}
 
 
 def sources_dir() -> Path:
-    """The ``cuda_ext/hashgrid`` folder (a source checkout, or ``$DREAMDISTILL_CUDA_EXT/hashgrid``)."""
-    root = os.environ.get("DREAMDISTILL_CUDA_EXT")
-    base = Path(root) if root else Path(__file__).resolve().parents[2] / "cuda_ext"
-    return base / "hashgrid"
+    """The ``cuda_ext/hashgrid`` folder (shipped, or ``$DREAMDISTILL_CUDA_EXT/hashgrid``)."""
+    return cuda_ext_dir() / "hashgrid"
 
 
 def _source_hash(paths: list[Path], flags: list[str]) -> str:
