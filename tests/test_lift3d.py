@@ -62,19 +62,28 @@ def test_every_preset_runs_three_steps_end_to_end(preset, teacher_fixture, reque
     assert len(out) == 1 and out[0].startswith(f"done: {run_dir}") and "mesh.glb" in out[0]
 
 
-def test_resume_continues_exactly(tiny_pixel_teacher_dir, tmp_path):
+@pytest.mark.parametrize("method", ["sds", "vsd"])
+def test_resume_continues_exactly(tiny_pixel_teacher_dir, tmp_path, method):
+    """A run killed after step 2 and resumed ends where an uninterrupted one does: field, VSD critic (its LoRA
+    tensors trained, not left at zero) and metrics; the step log has each step once."""
     from dreamdistill.config import load_config, save_yaml
+    from dreamdistill.fileio import read_jsonl
     from dreamdistill.lift3d import Lifter, create_run_dir, load_teacher, optimise
 
     settings = TINY + ["prompt=a blue mug", f"teacher={tiny_pixel_teacher_dir}", "device=cpu", "steps=4"]
-    config = load_config(LiftConfig, "configs/toy-sds.yaml", settings)
+    config = load_config(LiftConfig, f"configs/toy-{method}.yaml", settings)
     teacher = load_teacher(config)
     whole = create_run_dir(tmp_path / "whole", config.prompt)
     save_yaml(config, whole / "config.yaml")
-    optimise(Lifter(config, teacher), whole, progress_bar=False)
+    lifter = Lifter(config, teacher)
+    optimise(lifter, whole, progress_bar=False)
+    lifter.close()
     killed = create_run_dir(tmp_path / "killed", config.prompt)
     save_yaml(config, killed / "config.yaml")
-    assert optimise(Lifter(config, teacher), killed, stop_after=2, progress_bar=False) is None
+    lifter = Lifter(config, teacher)
+    assert optimise(lifter, killed, stop_after=2, progress_bar=False) is None
+    lifter.close()
+    (killed / "log.jsonl").open("a").write('{"step": 2, "loss": 1.0}\n{"step": 3, "lo')  # steps lost in the kill
     assert torch.load(killed / "checkpoint.pt", weights_only=False)["step"] == 2
     assert not (killed / "metrics.json").exists()
     assert cli.main(["--resume", str(killed)]) == 0
@@ -83,6 +92,12 @@ def test_resume_continues_exactly(tiny_pixel_teacher_dir, tmp_path):
     assert a["step"] == b["step"] == 4
     for key, value in a["field"].items():
         torch.testing.assert_close(b["field"][key], value, atol=1e-5, rtol=1e-4)
+    if method == "vsd":
+        lora_b = [k for k in a["critic"]["lora"] if "lora_B" in k]
+        assert lora_b and all(a["critic"]["lora"][k].abs().sum() > 0 for k in lora_b), "critic LoRA never trained"
+        for key, value in a["critic"]["lora"].items():
+            torch.testing.assert_close(b["critic"]["lora"][key], value, atol=1e-5, rtol=1e-4)
+    assert [r["step"] for r in read_jsonl(killed / "log.jsonl")] == [0, 1, 2, 3]
     metrics_a, metrics_b = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
     for key in ("r_precision", "view_consistency", "steps"):
         assert metrics_a[key] == metrics_b[key]
