@@ -157,6 +157,8 @@ CASES = [
     (["distill", "kd", "--set", "cfg=.nan"], "cfg=nan is out of range"),
     (["distill", "guided", "--set", "guided.w_range=[5,1]"], "guided.w_range=[5.0, 1.0] is reversed"),
     (["distill", "kd", "--out", "{file}"], "that is a file, not a folder"),
+    (["distill", "sid", "--set", "sid.t_range=[0.5,0.5]"], "sid.t_range=[0.5, 0.5] is empty"),
+    (["distill", "dmd", "--set", "dmd.fake_steps=0"], "dmd.fake_steps=0 is out of range"),
     (["distill", "kd", "--set", "prompts={root}/nope.txt"], "no such readable file"),
     (["distill", "kd", "--teacher", "{empty_json}", "--out", "{root}/students/kd", "--device", "cpu"],
      "dreamdistill_teacher.json cannot be read"),
@@ -235,7 +237,7 @@ def test_every_config_default_and_preset_passes_its_own_rules():
 
     for config in (LiftConfig(), DistillConfig(), TeacherTrainConfig(device="cpu")):
         validate(config)
-    for method in ("kd", "pd", "guided", "dmd"):
+    for method in ("kd", "pd", "guided", "dmd", "sid"):
         validate(load_config(DistillConfig, preset_path(method)))
     for preset in ("toy-sds", "toy-vsd", "sd-sds", "sd-vsd"):
         validate(load_config(LiftConfig, f"configs/{preset}.yaml"))
