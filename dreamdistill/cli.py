@@ -1,40 +1,59 @@
 """Command line: ``dreamdistill PROMPT`` (text-to-3D) and the subcommands
 ``sample``, ``train-teacher``, ``distill``, ``export``, ``eval`` and ``report``.
 
-User errors print one line (``error: ...``) and exit with status 2; no tracebacks.
+User errors (argparse's included) print one line (``error: ...``) and exit with status 2; no tracebacks.
+Every setting is checked before any model is loaded or any file written. Ctrl-C / SIGTERM during a
+text-to-3D run saves a checkpoint, prints the ``--resume`` command and exits with 130 / 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from dreamdistill.errors import DreamDistillError
+from dreamdistill.config import Device, Range, Seed, check_output_path, validate
+from dreamdistill.errors import DreamDistillError, Interrupted
 
 SUBCOMMANDS = ("sample", "train-teacher", "distill", "export", "eval", "report")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (a DreamDistillError) instead of the usage block and exit."""
+
+    def error(self, message: str):
+        raise DreamDistillError(f"{message} (see `{self.prog} --help`)")
+
+
+def _flag(key: str) -> str:
+    """The command-line flag of a config field: ``dataset_size`` -> ``--dataset-size``."""
+    return "--" + key.replace("_", "-")
 
 
 def _device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
 
 
-def _check_writable(path: Path) -> None:
+def _check_writable(path: Path, folder: bool = True) -> None:
     """Fail early, before any work, when an output location cannot be written."""
-    folder = path
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if folder != path and not folder.is_dir():
-        raise DreamDistillError(f"cannot write to {path}: {folder} is a file, not a folder; pass another --out")
-    folder = folder if folder.is_dir() else folder.parent
-    if not os.access(folder, os.W_OK):
-        raise DreamDistillError(f"cannot write to {path}: {folder} is not writable; pass --out with a writable path")
+    check_output_path(path, "--out", folder=folder)
+
+
+def _typo_of_subcommand(word: str) -> str | None:
+    """The subcommand a one-word first argument was probably meant to be (``smaple`` -> ``sample``)."""
+    if word.startswith("-") or " " in word.strip():
+        return None
+    close = difflib.get_close_matches(word.lower().replace("_", "-"), SUBCOMMANDS, n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 # ----------------------------------------------------------------------- text-to-3D
 def main_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="dreamdistill",
         description="Text-to-3D by score distillation. Subcommands: " + ", ".join(SUBCOMMANDS)
         + " (run `dreamdistill SUBCOMMAND --help`).",
@@ -46,7 +65,7 @@ def main_parser() -> argparse.ArgumentParser:
                         help="toy (embedded), a folder, or a cached hub id (default: the preset's, else toy)")
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--out", default="runs", help="parent folder of the run directory")
+    parser.add_argument("--out", default=None, help="parent folder of the run directory (default: runs)")
     parser.add_argument("--config", default=None, help="a preset, e.g. configs/toy-sds.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable)")
@@ -59,7 +78,7 @@ def run_text_to_3d(args: argparse.Namespace) -> int:
     if args.resume is None and not (args.prompt or "").strip():
         raise DreamDistillError('empty prompt: pass what to make, e.g. dreamdistill "a red chair"')
     if args.resume is None:
-        _check_writable(Path(args.out))
+        _check_writable(Path(args.out or "runs"))
     elif not os.access(args.resume, os.W_OK):
         raise DreamDistillError(f"cannot resume {args.resume}: it does not exist or is not writable")
     from dreamdistill.lift3d.run import main as lift3d_main
@@ -68,8 +87,24 @@ def run_text_to_3d(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------- sample
+@dataclass
+class SampleOptions:
+    """The numbers ``dreamdistill sample`` takes, with their valid values."""
+
+    num: Annotated[int, Range(1, 1024)] = 16
+    """Number of samples (-n)."""
+    steps: Annotated[int | None, Range(1, 1000)] = None
+    """DDIM steps (None: the model's own); at most the 1000 training timesteps of the teachers here."""
+    cfg: Annotated[float | None, Range(0, 100)] = None
+    """Classifier-free guidance scale (None: the model's own)."""
+    seed: Seed = 0
+    """Seed of the initial noise."""
+    device: Device = None
+    """cpu, cuda or cuda:N (None: cuda when available)."""
+
+
 def sample_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dreamdistill sample",
+    parser = ArgumentParser(prog="dreamdistill sample",
                                      description="Draw a grid of 2D samples from a teacher.")
     parser.add_argument("prompt")
     parser.add_argument("-n", "--num", type=int, default=16, help="number of samples")
@@ -90,18 +125,18 @@ def run_sample(args: argparse.Namespace) -> int:
 
     if not args.prompt.strip():
         raise DreamDistillError('empty prompt: pass what to draw, e.g. dreamdistill sample "a red chair, front view"')
-    if args.num < 1:
-        raise DreamDistillError(f"-n must be at least 1, got {args.num}")
+    validate(SampleOptions(args.num, args.steps, args.cfg, args.seed, args.device),
+             names=lambda key: "-n" if key == "num" else _flag(key))
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise DreamDistillError(f"--out {out} must end in .png or .jpg")
-    _check_writable(out)
+    _check_writable(out, folder=False)
     teacher = Teacher.from_pretrained(args.model, device=args.device)
     warning = teacher.vocabulary_warning(args.prompt)
     if warning:
         print(warning, file=sys.stderr)
     defaults = teacher.info.defaults
-    steps = args.steps or int(defaults.get("default_steps", 64))
+    steps = args.steps if args.steps is not None else int(defaults.get("default_steps", 64))
     cfg = args.cfg if args.cfg is not None else float(defaults.get("default_cfg", 4.0))
     images = teacher.sample([args.prompt] * args.num, steps=steps, guidance_scale=cfg, seed=args.seed,
                             progress=lambda it: tqdm(it, desc=f"sampling {args.num} × {steps} steps", unit="step"))
@@ -115,7 +150,7 @@ def train_teacher_parser() -> argparse.ArgumentParser:
     from dreamdistill.toyworld.train_teacher import TeacherTrainConfig
 
     defaults = TeacherTrainConfig()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="dreamdistill train-teacher",
         description="Train the embedded toy teacher on the toy world (resumes from WORK_DIR/checkpoint.pt).",
     )
@@ -134,21 +169,18 @@ def train_teacher_parser() -> argparse.ArgumentParser:
 def run_train_teacher(args: argparse.Namespace) -> int:
     from dreamdistill.toyworld.train_teacher import TeacherTrainConfig, train_teacher
 
-    if args.steps < 1 or args.batch_size < 1:
-        raise DreamDistillError("--steps and --batch-size must be positive")
-    _check_writable(Path(args.out))
-    _check_writable(Path(args.work_dir))
     config = TeacherTrainConfig(
         out=args.out, work_dir=args.work_dir, steps=args.steps, batch_size=args.batch_size, width=args.width,
         dataset_size=args.dataset_size, seed=args.seed, threads=args.threads, device=args.device,
     )
+    validate(config, names=_flag)
     train_teacher(config)
     return 0
 
 
 # -------------------------------------------------------------------------- distill
 def distill_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="dreamdistill distill",
         description="Distill the teacher into a fast sampler saved as a teacher-format folder "
         "(sample it with `dreamdistill sample PROMPT --model OUT`). Rerunning the same command resumes. "
@@ -189,14 +221,13 @@ def run_distill(args: argparse.Namespace) -> int:
     if config.method != args.method:
         raise DreamDistillError(f"config {preset} is for method {config.method!r}, not {args.method!r}; "
                                 f"pass --config configs/distill-{args.method}.yaml")
-    _check_writable(Path(config.out))
     distill(config)
     return 0
 
 
 # --------------------------------------------------------------------------- export
 def export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dreamdistill export",
+    parser = ArgumentParser(prog="dreamdistill export",
                                      description="Write meshes of a text-to-3D run from its checkpoint.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder made by `dreamdistill PROMPT`")
     parser.add_argument("--format", default="glb,obj,ply", help="comma-separated: glb, obj, ply")
@@ -226,7 +257,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- eval
 def eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="dreamdistill eval",
         description="Re-score a text-to-3D run from its checkpoint (without loading the teacher): R-precision and "
         "view consistency of orbit renders (elevation 15°) by the toy evaluator. Prints one JSON object and "
@@ -252,7 +283,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- report
 def report_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="dreamdistill report",
         description="(Re)build RUN_DIR/report.html: the mesh in an interactive 3D view, the turntable, the last "
         "validation strip, the metrics, the curves of log.jsonl and the config, in one self-contained page that "
@@ -288,7 +319,13 @@ def main(argv: list[str] | None = None) -> int:
             return run_eval(eval_parser().parse_args(argv[1:]))
         if argv and argv[0] == "report":
             return run_report(report_parser().parse_args(argv[1:]))
+        if argv and _typo_of_subcommand(argv[0]):
+            raise DreamDistillError(f"unknown command {argv[0]!r}: did you mean `{_typo_of_subcommand(argv[0])}`? "
+                                    f"(to make a one-word prompt, put it after --: dreamdistill -- {argv[0]})")
         return run_text_to_3d(main_parser().parse_args(argv))
+    except Interrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        return stop.exit_code
     except DreamDistillError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

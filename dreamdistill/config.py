@@ -3,23 +3,238 @@
 A preset is a YAML mapping whose keys mirror a dataclass's fields (nested dataclasses
 are nested mappings). Unknown keys and values of the wrong type fail with one line that
 names the key and the closest valid one.
+
+Valid values are declared on the field itself, in its annotation, next to its docstring::
+
+    levels: Annotated[int, Range(1, 32)] = 8
+    t_range: Annotated[tuple[float, float], Range(0, 1, ordered=True)] = (0.02, 0.98)
+    seed: Seed = 0                    # Annotated[int, Range(0, 2**63 - 1)]
+    device: Device = None             # cpu, cuda or cuda:N that exists on this machine
+    out: Annotated[str, OutputPath()] = "students/pd"
+
+and one walk, :func:`validate`, checks every rule (and every ``Literal`` choice) of a config and its
+sections before anything is loaded or written. Floats must be finite wherever a range is declared.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import re
 import types
 import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
 from dreamdistill.errors import DreamDistillError
 
 T = TypeVar("T")
+
+
+# ---- declared rules (in a field's ``Annotated`` metadata) -------------------------------------------------
+
+
+def _shown(name: str, value: Any) -> str:
+    """``scene.levels=0`` for a config key, ``--width 0`` for a command-line flag."""
+    shown = list(value) if isinstance(value, tuple) else value
+    return f"{name} {shown!r}" if name.startswith("-") else f"{name}={shown!r}"
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, int) or value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Numbers from ``low`` to ``high`` (inclusive; ``open_low`` / ``open_high`` exclude the end; None: no
+    bound), finite, optionally a multiple of ``multiple_of``. On a tuple or list it applies to every element;
+    ``ordered`` also requires a pair to be [low, high] with low ≤ high. None passes (the field's "off")."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    multiple_of: int | None = None
+    ordered: bool = False
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            text = (f"in {'(' if self.open_low else '['}{_number(self.low)}, {_number(self.high)}"
+                    f"{')' if self.open_high else ']'}")
+        elif self.low is not None:
+            text = f"{'>' if self.open_low else '≥'} {_number(self.low)}"
+        elif self.high is not None:
+            text = f"{'<' if self.open_high else '≤'} {_number(self.high)}"
+        else:
+            text = "a finite number"
+        return text + (f" and a multiple of {self.multiple_of}" if self.multiple_of else "")
+
+    def contains(self, x: Any) -> bool:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            return False
+        if isinstance(x, float) and not math.isfinite(x):
+            return False
+        if self.low is not None and (x <= self.low if self.open_low else x < self.low):
+            return False
+        if self.high is not None and (x >= self.high if self.open_high else x > self.high):
+            return False
+        return not self.multiple_of or x % self.multiple_of == 0
+
+    def check(self, value: Any, name: str) -> None:
+        if value is None:
+            return
+        items = list(value) if isinstance(value, (tuple, list)) else [value]
+        if not all(self.contains(x) for x in items):
+            each = "each value " if isinstance(value, (tuple, list)) else ""
+            raise DreamDistillError(f"{_shown(name, value)} is out of range: {each}must be {self.describe()}")
+        if self.ordered and len(items) == 2 and items[0] > items[1]:
+            raise DreamDistillError(f"{_shown(name, value)} is reversed: give [low, high] with low ≤ high")
+
+
+@dataclass(frozen=True)
+class DeviceName:
+    """A torch device that exists on this machine: cpu, cuda (with a GPU), cuda:N (N < the GPU count), mps;
+    None and "auto" pass (the program's own choice)."""
+
+    def check(self, value: Any, name: str) -> None:
+        if value is None or value == "auto":
+            return
+        check_device(str(value), name)
+
+
+@dataclass(frozen=True)
+class OutputPath:
+    """A path this program may create or replace: a folder (``folder=True``) or a file. Nothing is created here;
+    the nearest existing parent must be a writable folder. None passes."""
+
+    folder: bool = True
+
+    def check(self, value: Any, name: str) -> None:
+        if value is not None:
+            check_output_path(Path(value), name, folder=self.folder)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file that must exist and be readable. None passes."""
+
+    def check(self, value: Any, name: str) -> None:
+        if value is not None and not (Path(value).is_file() and os.access(value, os.R_OK)):
+            raise DreamDistillError(f"{_shown(name, str(value))}: no such readable file")
+
+
+Seed = Annotated[int, Range(0, 2**63 - 1)]
+"""A random seed: 0 ≤ seed < 2⁶³."""
+Device = Annotated[str | None, DeviceName()]
+"""cpu, cuda, cuda:N or mps, present on this machine (None: cuda when available)."""
+
+
+def check_device(device: str, name: str = "--device") -> None:
+    """One line, before any model is loaded, when ``device`` is not a device of this machine."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DreamDistillError(f"{_shown(name, device)}: unknown device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DreamDistillError(f"{_shown(name, device)}: no CUDA GPU is available on this machine; use cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise DreamDistillError(f"{_shown(name, device)}: this machine has {count} GPU{'s' * (count != 1)} "
+                                    f"(cuda:0 to cuda:{count - 1})")
+        return
+    if parsed.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise DreamDistillError(f"{_shown(name, device)}: not available here; use cpu, cuda or cuda:N")
+
+
+def check_output_path(path: Path, name: str = "--out", folder: bool = True) -> None:
+    """Fail early, before any work, when ``path`` (a folder, or a file) cannot be created or replaced."""
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise DreamDistillError(f"{_shown(name, str(path))}: that is a file, not a folder; pass a folder")
+        if not folder and path.is_dir():
+            raise DreamDistillError(f"{_shown(name, str(path))}: that is a folder; pass a file name")
+    parent = path if folder and path.is_dir() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DreamDistillError(f"cannot write to {path}: {parent} is a file, not a folder; pass another {name}")
+    if not os.access(parent, os.W_OK):
+        raise DreamDistillError(f"cannot write to {path}: {parent} is not writable; pass a writable {name}")
+
+
+def _rules(annotation: Any) -> list:
+    """The rules in an annotation's ``Annotated`` metadata plus the choices of a ``Literal`` in it."""
+    rules = []
+    if get_origin(annotation) is Annotated:
+        annotation, *metadata = get_args(annotation)
+        rules += [m for m in metadata if hasattr(m, "check")]
+    choices = _literal_choices(annotation)
+    if choices:
+        rules.append(_Choice(choices))
+    return rules
+
+
+def _literal_choices(annotation: Any) -> tuple | None:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return args
+    if origin in (typing.Union, types.UnionType, list, tuple):
+        for arg in args:
+            choices = _literal_choices(arg)
+            if choices:
+                return choices
+    return None
+
+
+@dataclass(frozen=True)
+class _Choice:
+    choices: tuple
+
+    def check(self, value: Any, name: str) -> None:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if item is not None and item not in self.choices:
+                raise DreamDistillError(f"{_shown(name, value)}: {item!r} is not one of "
+                                        f"{', '.join(map(repr, self.choices))}")
+
+
+def field_rules(cls: type, name: str) -> list:
+    """The declared rules of field ``name`` of dataclass ``cls``."""
+    return _rules(get_type_hints(cls, include_extras=True)[name])
+
+
+def check_field(cls: type, name: str, value: Any, shown_as: str) -> None:
+    """Check ``value`` against the rules declared on ``cls.name`` (e.g. a command-line flag that sets it)."""
+    for rule in field_rules(cls, name):
+        rule.check(value, shown_as)
+
+
+def validate(config: Any, names: Callable[[str], str] | None = None, prefix: str = "") -> None:
+    """Check every declared rule of ``config`` and its nested sections; the first broken one raises one line.
+    ``names`` maps a dotted key to how the user wrote it (e.g. ``width`` -> ``--width``)."""
+    hints = get_type_hints(type(config), include_extras=True)
+    for item in dataclasses.fields(config):
+        value, key = getattr(config, item.name), f"{prefix}{item.name}"
+        if dataclasses.is_dataclass(value):
+            validate(value, names, f"{key}.")
+            continue
+        for rule in _rules(hints[item.name]):
+            rule.check(value, names(key) if names else key)
 
 
 def _unknown_key_error(key: str, valid: list[str], where: str) -> DreamDistillError:
@@ -104,7 +319,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key.strip():
         raise DreamDistillError(f"override {text!r} has an empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise DreamDistillError(f"override {text!r}: the value is not valid YAML "
+                                f"({str(error).splitlines()[0]}); quote it or close its brackets") from error
 
 
 def merge_override(data: dict, path: list[str], value: Any) -> dict:

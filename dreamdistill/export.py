@@ -27,11 +27,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import torch
 
+from dreamdistill.config import Range
 from dreamdistill.errors import DreamDistillError
 from dreamdistill.fileio import save_image_atomic, write_text_atomic
 from dreamdistill.render.volume import DEFAULT_STEP_SIZE
@@ -40,7 +41,10 @@ from dreamdistill.shape import face_areas, face_components, mesh_health
 if TYPE_CHECKING:
     from dreamdistill.scene.field import Field
 
-FORMATS = ("glb", "obj", "ply")
+MeshFormat = Literal["glb", "obj", "ply"]
+FORMATS: tuple[MeshFormat, ...] = ("glb", "obj", "ply")
+MAX_EXPORT_RESOLUTION = 512
+"""Marching-cubes samples along the longest side at most (512³ densities ≈ 0.5 GB as float32)."""
 SURFACE_OPACITY = 0.5
 """Opacity of one render step at the automatic threshold."""
 
@@ -52,27 +56,27 @@ AlbedoFn = Callable[[torch.Tensor], torch.Tensor]
 class ExportConfig:
     """Mesh extraction settings."""
 
-    formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    formats: list[MeshFormat] = field(default_factory=lambda: list(FORMATS))
     """Files to write: any of glb, obj (with a .mtl material), ply."""
-    resolution: int = 128
+    resolution: Annotated[int, Range(8, MAX_EXPORT_RESOLUTION)] = 128
     """Marching-cubes samples along the longest side of the tight bounding box."""
-    coarse_resolution: int = 48
+    coarse_resolution: Annotated[int, Range(8, 256)] = 48
     """Samples per side of the coarse grid over the whole box (finds the bounding box and the threshold)."""
-    threshold: float | None = None
+    threshold: Annotated[float | None, Range(0, None, open_low=True)] = None
     """Density level of the surface; None picks it automatically (half opacity per render step)."""
-    min_component_fraction: float = 0.01
+    min_component_fraction: Annotated[float, Range(0, 1)] = 0.01
     """Connected components with fewer voxels than this fraction of the largest are removed (coarse and fine
     grids). Not more: a chair leg is 3-5 % of a chair's volume, and at 0.05 a leg that the field left
     detached from the seat by a hair was deleted with the floaters."""
-    min_component_face_fraction: float = 0.01
+    min_component_face_fraction: Annotated[float, Range(0, 1)] = 0.01
     """On the final mesh, connected components (faces sharing a vertex) with fewer faces than this fraction of
     the largest component's are dropped (threestudio's ``isosurface_outlier_n_faces_threshold``); 0 keeps all.
     Real parts stay: a chair's leg has about 10 % of the seat-and-back's faces, a speck far below 1 %."""
-    margin: int = 2
+    margin: Annotated[int, Range(0, 64)] = 2
     """Coarse cells added around the tight bounding box."""
-    chunk: int = 1 << 16
+    chunk: Annotated[int, Range(1024, 1 << 24)] = 1 << 16
     """Points per field evaluation."""
-    texture_size: int = 0
+    texture_size: Annotated[int, Range(0, 8192)] = 0
     """0: vertex colours only. N > 0: also a textured OBJ (mesh_textured.obj/.mtl + an N×N PNG of the albedo,
     UV-unwrapped with xatlas: pip install xatlas), whatever ``formats`` says."""
 

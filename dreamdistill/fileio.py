@@ -36,6 +36,31 @@ def torch_save_atomic(path: Path, obj) -> Path:
     return _replace_from_temp(path, lambda tmp: torch.save(obj, tmp))
 
 
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first non-empty line of an exception's message (two when the first ends in a colon, as
+    ``load_state_dict``'s does), for one-line errors, shortened to ``limit``."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def torch_load_checked(path: Path, keys: tuple[str, ...] = (), hint: str = "") -> dict:
+    """``torch.load`` of a checkpoint written by :func:`torch_save_atomic`, or one line (DreamDistillError) when
+    the file is empty, truncated, not a checkpoint or lacks one of ``keys``; ``hint`` says what to do then."""
+    from dreamdistill.errors import DreamDistillError
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any failure to unpickle is the same user-facing problem
+        reason = "the file is empty" if Path(path).stat().st_size == 0 else first_line(error)
+        raise DreamDistillError(f"{path} cannot be read as a checkpoint ({reason}): it is truncated, empty or "
+                                f"not a checkpoint; {hint}") from None
+    missing = [key for key in keys if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise DreamDistillError(f"{path} is not a checkpoint of this kind (no {', '.join(missing)}); {hint}")
+    return state
+
+
 def save_image_atomic(path: Path, image) -> Path:
     """Save a uint8 HxWx3 array (or PIL image) as PNG/JPEG/GIF atomically."""
     from PIL import Image

@@ -15,7 +15,7 @@ def run_cli(*args, env_extra=None):
 @pytest.mark.parametrize("args,message", [
     (["", "--teacher", "toy"], "empty prompt"),
     (["a red chair", "--teacher", "does/not-exist"], "teacher 'does/not-exist' not found"),
-    (["sample", "a chair", "-n", "0"], "-n must be at least 1"),
+    (["sample", "a chair", "-n", "0"], "-n 0 is out of range"),
     (["sample", "a chair", "--out", "grid.txt"], "must end in .png"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):

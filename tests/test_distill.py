@@ -77,7 +77,7 @@ def test_rerun_resumes_and_changed_settings_are_refused(teacher, tiny_pixel_teac
 
 @pytest.mark.parametrize("override,message", [
     ("pd.student_steps=3", "power of two"),
-    ("loop.steps=0", "loop.steps must be at least 1"),
+    ("loop.steps=0", "loop.steps=0 is out of range"),
     ("pd.teacher_steps=2", "larger than it"),
 ])
 def test_bad_settings_fail_before_loading(override, message, tmp_path):

@@ -31,11 +31,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dreamdistill.config import check_device
 from dreamdistill.diffusion.ddim import ddim_sample
 from dreamdistill.diffusion.denoiser import Denoiser, GuidanceMode
 from dreamdistill.diffusion.schedule import NoiseSchedule
 from dreamdistill.errors import DreamDistillError
-from dreamdistill.fileio import write_json_atomic
+from dreamdistill.fileio import first_line, write_json_atomic
 from dreamdistill.paths import assets_dir
 
 TEACHER_CONFIG_NAME = "dreamdistill_teacher.json"
@@ -86,6 +87,22 @@ def resolve_teacher_path(name_or_path: str | os.PathLike) -> Path:
         f"cache ({os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'}); fetch it on a machine with "
         f"internet with `hf download {name}` (or copy the folder here) and pass its path"
     )
+
+
+def read_teacher_json(path: Path) -> dict:
+    """A pixel teacher's dreamdistill_teacher.json, or one line naming the file when it is empty or invalid."""
+    file = path / TEACHER_CONFIG_NAME
+    try:
+        text = file.read_text()
+        config = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        reason = "it is empty" if not file.is_file() or not file.stat().st_size else first_line(error, 80)
+        raise DreamDistillError(f"{file} cannot be read as a teacher description ({reason}); restore it from "
+                                "the teacher folder it came with") from None
+    if not isinstance(config, dict) or not isinstance(config.get("image_size"), int):
+        raise DreamDistillError(f"{file} does not describe a pixel teacher (it needs an integer image_size); "
+                                "restore it from the teacher folder it came with")
+    return config
 
 
 GUIDANCE_EMBEDDING_SCALE = 1000.0
@@ -208,12 +225,17 @@ class Teacher:
     ) -> Teacher:
         """Load ``toy``, a pixel-format folder, or a Stable-Diffusion folder / cached hub id."""
         path = resolve_teacher_path(name_or_path)
+        if isinstance(device, str):
+            check_device(device)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or default_dtype(device)
-        if (path / TEACHER_CONFIG_NAME).is_file():
-            return cls._load_pixel(path, device, dtype)
-        if (path / "model_index.json").is_file() and (path / "vae").is_dir():
-            return cls._load_latent(path, device, dtype)
+        pixel = (path / TEACHER_CONFIG_NAME).is_file()
+        if pixel or (path / "model_index.json").is_file() and (path / "vae").is_dir():
+            try:
+                return cls._load_pixel(path, device, dtype) if pixel else cls._load_latent(path, device, dtype)
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise DreamDistillError(f"the teacher folder {path} cannot be loaded: a file in it is missing or "
+                                        f"damaged ({first_line(error, 100)}); restore the folder") from None
         raise DreamDistillError(
             f"{path} is not a teacher folder: expected {TEACHER_CONFIG_NAME} (pixel teacher) or "
             "model_index.json with unet/ and vae/ (Stable-Diffusion format)"
@@ -224,7 +246,7 @@ class Teacher:
         from diffusers import DDIMScheduler, UNet2DConditionModel
         from transformers import AutoModel, AutoTokenizer
 
-        config = json.loads((path / TEACHER_CONFIG_NAME).read_text())
+        config = read_teacher_json(path)
         if config.get("text_encoder", MINILM_NAME) != MINILM_NAME:
             raise DreamDistillError(f"{path}: unknown text encoder {config['text_encoder']!r}; expected {MINILM_NAME}")
         unet = UNet2DConditionModel.from_pretrained(path / "unet")

@@ -19,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+from dreamdistill.config import InputFile, OutputPath, Range
+from dreamdistill.config import validate as validate_declared
 from dreamdistill.distill.data import DataConfig
 from dreamdistill.distill.dmd import DMDConfig
 from dreamdistill.distill.guided import GuidedConfig
@@ -43,13 +45,13 @@ class DistillConfig:
     student then PD; dmd: one-step distribution matching; sid: one-step score identity distillation."""
     teacher: str = "toy"
     """Teacher to distill: toy (embedded), a pixel-format folder (a student works too), or a cached hub id."""
-    out: str = "students/pd"
+    out: Annotated[str, OutputPath()] = "students/pd"
     """Student folder to write (a teacher-format folder)."""
-    work_dir: str | None = None
+    work_dir: Annotated[str | None, OutputPath()] = None
     """Checkpoints, cached data and the log (None: OUT-work next to the student)."""
-    cfg: float | None = None
+    cfg: Annotated[float | None, Range(0, 100)] = None
     """Classifier-free guidance weight of the teacher being distilled (None: the teacher's default_cfg, else 4)."""
-    prompts: str | None = None
+    prompts: Annotated[str | None, InputFile()] = None
     """Text file of training prompts, one per line (None: every caption of the toy teacher's vocabulary)."""
     data: DataConfig = field(default_factory=DataConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -74,41 +76,13 @@ def work_dir_of(config: DistillConfig) -> Path:
 
 def validate(config: DistillConfig) -> None:
     """One-line errors for settings that cannot work, before anything is loaded."""
-    loop = config.loop
-    for name, value in (("loop.steps", loop.steps), ("loop.batch_size", loop.batch_size),
-                        ("loop.checkpoint_every", loop.checkpoint_every), ("loop.log_every", loop.log_every),
-                        ("data.size", config.data.size), ("data.rollout_steps", config.data.rollout_steps),
-                        ("data.generate_batch", config.data.generate_batch)):
-        if value < 1:
-            raise DreamDistillError(f"{name} must be at least 1, got {value}")
-    if loop.learning_rate <= 0:
-        raise DreamDistillError(f"loop.learning_rate must be positive, got {loop.learning_rate}")
-    if config.cfg is not None and config.cfg < 0:
-        raise DreamDistillError(f"cfg must be non-negative, got {config.cfg}")
+    validate_declared(config)
     if config.method in ("pd", "guided"):
         pd_rounds(config.pd.teacher_steps, config.pd.student_steps)
-    if config.method == "guided":
-        low, high = config.guided.w_range
-        if not 0 <= low <= high:
-            raise DreamDistillError(f"guided.w_range must be [low, high] with 0 <= low <= high, got {[low, high]}")
-        if config.guided.embedding_dim < 2:
-            raise DreamDistillError(f"guided.embedding_dim must be at least 2, got {config.guided.embedding_dim}")
-        if config.guided.stage1_steps is not None and config.guided.stage1_steps < 1:
-            raise DreamDistillError(f"guided.stage1_steps must be at least 1, got {config.guided.stage1_steps}")
-    if config.method == "dmd":
-        dmd = config.dmd
-        if dmd.fake_steps < 1 or dmd.lora_rank < 1:
-            raise DreamDistillError("dmd.fake_steps and dmd.lora_rank must be at least 1")
-        if not 0 <= dmd.t_range[0] < dmd.t_range[1] <= 1:
-            raise DreamDistillError(f"dmd.t_range must satisfy 0 <= low < high <= 1, got {list(dmd.t_range)}")
-        if dmd.regression_weight < 0:
-            raise DreamDistillError(f"dmd.regression_weight must be non-negative, got {dmd.regression_weight}")
-    if config.method == "sid":
-        sid = config.sid
-        if sid.fake_steps < 1 or sid.lora_rank < 1:
-            raise DreamDistillError("sid.fake_steps and sid.lora_rank must be at least 1")
-        if not 0 <= sid.t_range[0] < sid.t_range[1] <= 1:
-            raise DreamDistillError(f"sid.t_range must satisfy 0 <= low < high <= 1, got {list(sid.t_range)}")
+    for name in ("dmd", "sid"):
+        low, high = getattr(config, name).t_range
+        if config.method == name and low == high:
+            raise DreamDistillError(f"{name}.t_range={[low, high]} is empty: give [low, high] with low < high")
 
 
 def _comparable(config: DistillConfig) -> dict:
@@ -125,25 +99,33 @@ def _comparable(config: DistillConfig) -> dict:
 
 
 def check_resumable(work_dir: Path, config: DistillConfig) -> None:
-    """Refuse to resume a work folder trained with other settings (else record this run's settings)."""
+    """Refuse to resume a work folder trained with other settings (reads only; :func:`record_settings` writes)."""
     import yaml
 
     from dreamdistill.config import from_dict
-    from dreamdistill.fileio import write_text_atomic
 
     path = work_dir / "distill.yaml"
     if path.is_file():
         try:
             previous = from_dict(DistillConfig, yaml.safe_load(path.read_text()) or {})
-        except DreamDistillError:
+        except (DreamDistillError, yaml.YAMLError, AttributeError):
             previous = None
         old, new = (_comparable(previous) if previous else {}), _comparable(config)
         if old != new:
             changed = _first_difference(old, new)
             raise DreamDistillError(f"work folder {work_dir} holds a run with other settings ({changed}); "
                                     "rerun with the same settings to resume, or pass another --work-dir")
-        return
-    write_text_atomic(path, yaml.safe_dump(_plain(config), sort_keys=False))
+
+
+def record_settings(work_dir: Path, config: DistillConfig) -> None:
+    """Create the work folder and write WORK_DIR/distill.yaml (once every check has passed)."""
+    import yaml
+
+    from dreamdistill.fileio import write_text_atomic
+
+    path = work_dir / "distill.yaml"
+    if not path.is_file():
+        write_text_atomic(path, yaml.safe_dump(_plain(config), sort_keys=False))
 
 
 def _plain(config: DistillConfig) -> dict:
@@ -180,7 +162,6 @@ def distill(config: DistillConfig, teacher=None) -> Path:
     run = Run(config.loop, work_dir)
     if run.is_main:
         check_resumable(work_dir, config)
-    run.wait()
     if teacher is None:
         teacher = Teacher.from_pretrained(config.teacher, device=run.device, dtype=torch.float32)
     if teacher.dtype != torch.float32:
@@ -192,6 +173,9 @@ def distill(config: DistillConfig, teacher=None) -> Path:
     if teacher.info.guidance_embedding:
         raise DreamDistillError(f"{teacher.info.path} is a guidance-distilled student; distill the original teacher "
                                 "instead (guided distillation already ends with progressive distillation)")
+    if run.is_main:  # only now, so that a refused command leaves no work folder behind
+        record_settings(work_dir, config)
+    run.wait()
     cfg = config.cfg if config.cfg is not None else float(teacher.info.defaults.get("default_cfg", 4.0))
     config = dataclasses.replace(config, cfg=cfg)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
+from dreamdistill.config import Range, Seed
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.loop import Run
 from dreamdistill.errors import DreamDistillError
@@ -27,13 +28,13 @@ class DataConfig:
     """Clean images that PD and guided distillation noise: teacher = the CFG teacher's own DDIM samples
     (works for any teacher); toyworld = fresh toy-world renders with their captions (the toy teacher's
     training distribution). KD and DMD's regression loss always use teacher rollouts."""
-    size: int = 4096
+    size: Annotated[int, Range(1, 10**7)] = 4096
     """Number of cached images (renders or teacher rollouts)."""
-    rollout_steps: int = 64
+    rollout_steps: Annotated[int, Range(1, 1000)] = 64
     """DDIM steps of the teacher rollouts (the ODE solution KD regresses to)."""
-    seed: int = 7
+    seed: Seed = 7
     """Seed of the renders, the rollout noise and the rollout prompts."""
-    generate_batch: int = 256
+    generate_batch: Annotated[int, Range(1, 65536)] = 256
     """Batch size while sampling teacher rollouts."""
 
 

@@ -20,10 +20,11 @@ An optional regression loss ‖G(z_i) − x0_i‖² to cached teacher rollouts k
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 
+from dreamdistill.config import Range
 from dreamdistill.diffusion.schedule import add_noise
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.fake_score import (
@@ -45,19 +46,19 @@ if TYPE_CHECKING:
 class DMDConfig:
     """Distribution matching distillation settings."""
 
-    fake_steps: int = 4
+    fake_steps: Annotated[int, Range(1, 100)] = 4
     """Fake-score updates per generator update (two time-scale updates)."""
     fake: FakeKind = "lora"
     """Fake score network: a LoRA (peft) on a frozen copy of the teacher UNet, or a fully trained copy."""
-    lora_rank: int = 16
+    lora_rank: Annotated[int, Range(1, 1024)] = 16
     """Rank of the fake score's LoRA."""
     lora_targets: tuple[str, ...] = LORA_TARGETS
     """UNet module names that get LoRA adapters (attention projections and ResNet convolutions)."""
-    fake_learning_rate: float | None = None
+    fake_learning_rate: Annotated[float | None, Range(0, 1, open_low=True)] = None
     """Learning rate of the fake score (None: loop.learning_rate)."""
-    t_range: tuple[float, float] = (0.02, 0.98)
+    t_range: Annotated[tuple[float, float], Range(0, 1, ordered=True)] = (0.02, 0.98)
     """Fraction of [0, T) from which the distribution-matching timesteps are drawn."""
-    regression_weight: float = 0.25
+    regression_weight: Annotated[float, Range(0, 1e6)] = 0.25
     """Weight of the regression loss to cached teacher rollouts (0: off, no rollouts are computed)."""
 
 

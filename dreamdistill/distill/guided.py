@@ -12,11 +12,12 @@ student as the first teacher and w-conditioned students, w drawn per sample from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 from torch import nn
 
+from dreamdistill.config import Range
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.data import PairSet
 from dreamdistill.distill.loop import Run, StepContext
@@ -32,11 +33,11 @@ if TYPE_CHECKING:
 class GuidedConfig:
     """Guided distillation settings (stage 2 uses the ``pd`` section)."""
 
-    w_range: tuple[float, float] = (1.0, 8.0)
+    w_range: Annotated[tuple[float, float], Range(0, 100, ordered=True)] = (1.0, 8.0)
     """Guidance weights the student learns, drawn uniformly (1: the conditional model)."""
-    embedding_dim: int = 256
+    embedding_dim: Annotated[int, Range(2, 4096, multiple_of=2)] = 256
     """Size of the sinusoidal w-embedding fed to ``time_cond_proj_dim``."""
-    stage1_steps: int | None = None
+    stage1_steps: Annotated[int | None, Range(1, 10**8)] = None
     """Optimiser steps of stage 1 (None: loop.steps)."""
 
 

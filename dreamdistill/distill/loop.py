@@ -20,42 +20,43 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
+from dreamdistill.config import Range, Seed
 from dreamdistill.errors import DreamDistillError
-from dreamdistill.fileio import torch_save_atomic
+from dreamdistill.fileio import torch_load_checked, torch_save_atomic
 
 
 @dataclass
 class LoopConfig:
     """Optimisation and bookkeeping settings shared by every method."""
 
-    steps: int = 2000
+    steps: Annotated[int, Range(1, 10**8)] = 2000
     """Optimiser steps per phase (each PD round, guided stage 1, the whole KD or DMD run)."""
-    batch_size: int = 64
+    batch_size: Annotated[int, Range(1, 65536)] = 64
     """Samples per step and per process."""
-    learning_rate: float = 1e-4
+    learning_rate: Annotated[float, Range(0, 1, open_low=True)] = 1e-4
     """AdamW learning rate (no weight decay)."""
-    warmup_steps: int = 100
+    warmup_steps: Annotated[int, Range(0, None)] = 100
     """Linear learning-rate warm-up at the start of each phase; constant afterwards."""
-    grad_clip: float = 1.0
+    grad_clip: Annotated[float, Range(0, 1e6)] = 1.0
     """Clip the gradient norm of each module to this (0: no clipping)."""
-    checkpoint_every: int = 250
+    checkpoint_every: Annotated[int, Range(1, None)] = 250
     """Write WORK_DIR/PHASE.pt this often (and at the end of every phase)."""
-    log_every: int = 25
+    log_every: Annotated[int, Range(1, None)] = 25
     """Append the step's losses to WORK_DIR/log.jsonl this often."""
-    seed: int = 0
+    seed: Seed = 0
     """Seeds every random draw (data, noise, timesteps, guidance weights)."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """Autocast of the forward passes (accelerate's mixed precision); weights stay float32."""
     device: Literal["auto", "cpu"] = "auto"
     """auto: accelerate's choice (this process's GPU when there is one, else the CPU); cpu: force the CPU."""
-    threads: int = 0
+    threads: Annotated[int, Range(0, 1024)] = 0
     """CPU threads for torch (0: torch's default)."""
-    max_minutes: float = 0.0
+    max_minutes: Annotated[float, Range(0, None)] = 0.0
     """Wall-clock limit of each phase's training, counted from when this process starts or resumes the phase
     (0: none). A phase that reaches it stops there, is saved as finished at the step it reached (a rerun
     skips it) and that step is recorded in the student's folder (``steps_trained``)."""
@@ -123,9 +124,6 @@ class Run:
         self.config = config
         self.work_dir = Path(work_dir)
         self.accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision=config.mixed_precision)
-        if self.is_main:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.wait()
         torch.manual_seed(config.seed)
         self.steps_trained: dict[str, int] = {}
         """Optimiser steps each phase of this run actually trained (fewer than ``steps`` after a time limit)."""
@@ -154,6 +152,7 @@ class Run:
 
     def log(self, record: dict) -> None:
         if self.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
             with open(self.work_dir / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
 
@@ -166,7 +165,9 @@ class Run:
         """
         config, accelerator = self.config, self.accelerator
         path = self.work_dir / f"{name}.pt"
-        state = torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+        state = None
+        if path.is_file():
+            state = torch_load_checked(path, ("step", "modules"), "delete it to train that phase again")
         if state is not None:
             if set(state["modules"]) != set(modules):
                 raise DreamDistillError(f"{path} holds other modules ({', '.join(state['modules'])}); "

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 
+from dreamdistill.config import Range
 from dreamdistill.diffusion.ddim import ddim_transition
 from dreamdistill.diffusion.denoiser import Denoiser, GuidanceMode
 from dreamdistill.diffusion.schedule import NoiseSchedule, _shape_like, add_noise
@@ -41,9 +42,9 @@ X0Function = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class PDConfig:
     """Progressive distillation settings (also stage 2 of guided distillation)."""
 
-    teacher_steps: int = 64
+    teacher_steps: Annotated[int, Range(2, 1000)] = 64
     """DDIM steps N of the first teacher; every round halves them."""
-    student_steps: int = 4
+    student_steps: Annotated[int, Range(1, 1000)] = 4
     """Steps K of the final student; teacher_steps / student_steps must be a power of two (≥ 2)."""
     parameterisation: Literal["x", "v"] = "v"
     """Loss space. x: ‖x̂0 − x̃‖² weighted by max(SNR_s, 1) (truncated SNR); v: ‖v̂ − ṽ‖², which is the

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 from torch import nn
 
+from dreamdistill.config import Range
 from dreamdistill.diffusion.schedule import add_noise
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.fake_score import FakeKind, draw_timesteps, fake_score, prompt_drawer, update_fake
@@ -36,17 +37,17 @@ if TYPE_CHECKING:
 class SiDConfig:
     """Score identity distillation settings."""
 
-    alpha: float = 1.2
+    alpha: Annotated[float, Range(0, 10)] = 1.2
     """α of the generator loss (the paper's default 1.2)."""
-    fake_steps: int = 1
+    fake_steps: Annotated[int, Range(1, 100)] = 1
     """Fake-denoiser updates per generator update (SiD used 1)."""
     fake: FakeKind = "copy"
     """Fake denoiser: a fully trained copy of the teacher UNet (SiD), or LoRA adapters on a frozen copy."""
-    lora_rank: int = 16
+    lora_rank: Annotated[int, Range(1, 1024)] = 16
     """Rank of the fake denoiser's LoRA (fake = lora)."""
-    fake_learning_rate: float | None = None
+    fake_learning_rate: Annotated[float | None, Range(0, 1, open_low=True)] = None
     """Learning rate of the fake denoiser (None: loop.learning_rate)."""
-    t_range: tuple[float, float] = (0.02, 0.8)
+    t_range: Annotated[tuple[float, float], Range(0, 1, ordered=True)] = (0.02, 0.8)
     """Fraction of [0, T) from which the generator loss's timesteps are drawn (SiD: t_max = 800 of 1000)."""
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
+from dreamdistill.config import Range
 from dreamdistill.diffusion.schedule import add_noise
 
 Weighting = Literal["sigma_sq", "uniform", "sds_snr"]
@@ -16,19 +17,19 @@ Weighting = Literal["sigma_sq", "uniform", "sds_snr"]
 class GuidanceConfig:
     """Settings shared by SDS and VSD."""
 
-    guidance_scale: float = 30.0
+    guidance_scale: Annotated[float, Range(0, 1000)] = 30.0
     """Classifier-free guidance of the teacher (DreamFusion used 100 with Imagen; VSD uses ~7.5)."""
     weighting: Weighting = "sigma_sq"
     """w(t): sigma_sq = 1 − ᾱ_t (DreamFusion), uniform = 1, sds_snr = min(σ_t/α_t, 10) (weighs high noise more)."""
-    t_range: tuple[float, float] = (0.02, 0.98)
+    t_range: Annotated[tuple[float, float], Range(0, 1, ordered=True)] = (0.02, 0.98)
     """Timestep range at the start, as fractions of the teacher's T."""
-    t_range_end: tuple[float, float] = (0.02, 0.50)
+    t_range_end: Annotated[tuple[float, float], Range(0, 1, ordered=True)] = (0.02, 0.50)
     """Timestep range at the end of the run (linear annealing from ``t_range``)."""
-    grad_clip: float | None = None
+    grad_clip: Annotated[float | None, Range(0, 1e6, open_low=True)] = None
     """Clip each sample's gradient to this root-mean-square value per element (None: off)."""
     view_prompts: bool = True
     """Append ", front/side/back/overhead view" to the prompt from each camera."""
-    view_contrast: float = 0.0
+    view_contrast: Annotated[float, Range(0, 1000)] = 0.0
     """w_v of the view-contrast term w_v (ε̂(y_view) − ε̂(y_other views)) (0: off; one extra batched pass)."""
 
 
@@ -58,13 +59,19 @@ def timestep_weight(alpha: torch.Tensor, sigma: torch.Tensor, weighting: Weighti
 
 def distillation_gradient(eps_target: torch.Tensor, eps_reference: torch.Tensor, weight: torch.Tensor,
                           clip: float | None = None) -> torch.Tensor:
-    """grad = w(t) (ε̂_teacher − ε_reference); NaN/inf become 0; optional per-sample RMS clipping."""
+    """grad = w(t) (ε̂_teacher − ε_reference); NaN/inf become 0 (the guidance reports them as "nonfinite", see
+    :func:`nonfinite_elements`, and the 3D loop skips such a step); optional per-sample RMS clipping."""
     grad = weight.reshape(-1, *([1] * (eps_target.dim() - 1))).to(eps_target) * (eps_target - eps_reference)
     grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     if clip is not None:
         rms = grad.pow(2).flatten(1).mean(1).sqrt().clamp(min=1e-12)
         grad = grad * (clip / rms).clamp(max=1.0).reshape(-1, *([1] * (grad.dim() - 1)))
     return grad
+
+
+def nonfinite_elements(*tensors: torch.Tensor) -> torch.Tensor:
+    """How many elements of ``tensors`` are NaN or ±inf (0-dim tensor): the guidance's "nonfinite" entry."""
+    return sum((~torch.isfinite(t)).sum() for t in tensors)
 
 
 def residual_rms(eps_target: torch.Tensor, eps_reference: torch.Tensor) -> torch.Tensor:
@@ -175,4 +182,4 @@ class SDS:
         weight = timestep_weight(alpha, sigma, self.config.weighting).float()
         grad = distillation_gradient(eps_teacher, eps.float(), weight, self.config.grad_clip)
         return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t, "eps": eps,
-                "residual_rms": residual_rms(eps_teacher, eps)}
+                "residual_rms": residual_rms(eps_teacher, eps), "nonfinite": nonfinite_elements(eps_teacher)}

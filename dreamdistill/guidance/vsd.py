@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
+from dreamdistill.config import Range
 from dreamdistill.diffusion.denoiser import Denoiser
 from dreamdistill.diffusion.dsm import denoising_loss
 from dreamdistill.diffusion.schedule import add_noise
@@ -24,6 +26,7 @@ from dreamdistill.guidance.sds import (
     SDS,
     GuidanceConfig,
     distillation_gradient,
+    nonfinite_elements,
     residual_rms,
     sample_timesteps,
     surrogate_loss,
@@ -37,15 +40,15 @@ ADAPTER_NAME = "vsd_critic"
 class CriticConfig:
     """The VSD critic (LoRA + camera embedding) and its training."""
 
-    lora_rank: int = 8
-    lora_alpha: float = 8.0
-    learning_rate: float = 1e-3
-    steps_per_scene_step: int = 1
-    condition_dropout: float = 0.1
+    lora_rank: Annotated[int, Range(1, 1024)] = 8
+    lora_alpha: Annotated[float, Range(0, 1e4, open_low=True)] = 8.0
+    learning_rate: Annotated[float, Range(0, 1, open_low=True)] = 1e-3
+    steps_per_scene_step: Annotated[int, Range(1, 100)] = 1
+    condition_dropout: Annotated[float, Range(0, 1)] = 0.1
     """Probability of dropping text and camera when training the critic (for its CFG)."""
-    guidance_scale: float = 1.0
+    guidance_scale: Annotated[float, Range(0, 1000)] = 1.0
     """CFG of the critic's own prediction (ProlificDreamer: 1)."""
-    t_range: tuple[float, float] = (0.02, 0.98)
+    t_range: Annotated[tuple[float, float], Range(0, 1, ordered=True)] = (0.02, 0.98)
 
 
 class CameraEmbedding(torch.nn.Module):
@@ -201,7 +204,7 @@ class VSD(SDS):
         grad = distillation_gradient(eps_teacher, eps_critic, weight, self.config.grad_clip)
         return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t,
                 "eps": eps, "residual_rms": residual_rms(eps_teacher, eps_critic), "model_x": x.detach(), "text": text,
-                "camera": camera}
+                "camera": camera, "nonfinite": nonfinite_elements(eps_teacher, eps_critic)}
 
     def train_critic(self, model_x: torch.Tensor, text: torch.Tensor, camera: torch.Tensor,
                      generator: torch.Generator | None = None) -> float:

@@ -6,11 +6,11 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from dreamdistill.config import load_config
+from dreamdistill.config import Device, Range, Seed, load_config, validate
 from dreamdistill.errors import DreamDistillError
-from dreamdistill.export import FORMATS, ExportConfig
+from dreamdistill.export import ExportConfig
 from dreamdistill.guidance.sds import GuidanceConfig
 from dreamdistill.guidance.vsd import CriticConfig
 from dreamdistill.paths import configs_dir
@@ -20,6 +20,8 @@ from dreamdistill.scene.config import SceneConfig
 from dreamdistill.texture import check_texture_size
 
 Method = Literal["sds", "vsd"]
+LEARNING_RATE = Range(0, 1, open_low=True)
+"""Adam learning rates: above 0, at most 1 (the presets use 1e-3 to 3e-2)."""
 DEFAULT_METHOD: Method = "sds"
 
 
@@ -27,11 +29,11 @@ DEFAULT_METHOD: Method = "sds"
 class OptimConfig:
     """Adam on the scene."""
 
-    grid_learning_rate: float = 1e-2
+    grid_learning_rate: Annotated[float, LEARNING_RATE] = 1e-2
     """Learning rate of the hash-grid tables."""
-    mlp_learning_rate: float = 1e-3
+    mlp_learning_rate: Annotated[float, LEARNING_RATE] = 1e-3
     """Learning rate of the MLP and the learned background."""
-    final_learning_rate_factor: float = 0.1
+    final_learning_rate_factor: Annotated[float, Range(0, 1, open_low=True)] = 0.1
     """Exponential decay to this factor of the start over the run."""
 
 
@@ -41,16 +43,16 @@ class RegularizerConfig:
     teacher, 4·64² latents for SD: the surrogate loss's scale), so a weight means the same for both teachers
     and at any render resolution."""
 
-    opacity_sparsity: float = 0.0
+    opacity_sparsity: Annotated[float, Range(0, 1e6)] = 0.0
     """Weight of Σ opacity (shrinks floaters and the frame-filling blob)."""
-    opacity_target: float = 0.0
+    opacity_target: Annotated[float, Range(0, 1)] = 0.0
     """Mean image opacity allowed before ``opacity_sparsity`` applies (0: it always applies)."""
-    opacity_entropy: float = 0.0
+    opacity_entropy: Annotated[float, Range(0, 1e6)] = 0.0
     """Weight of the binary entropy of opacity (pushes pixels to empty or solid)."""
-    opacity_entropy_from: float = 0.0
+    opacity_entropy_from: Annotated[float, Range(0, 1, open_high=True)] = 0.0
     """Fraction of the run after which the entropy weight ramps linearly from 0 to ``opacity_entropy`` at the end
     (0: full weight throughout); a late ramp lets the shape form before it is made solid."""
-    orientation: float = 0.0
+    orientation: Annotated[float, Range(0, 1e6)] = 0.0
     """Weight of Σ_i sg(w_i) max(0, n_i·d)² per ray (DreamFusion / Ref-NeRF orientation loss, per sample)."""
 
 
@@ -64,15 +66,15 @@ class LiftConfig:
     """toy, a teacher folder, or a cached hub id."""
     method: Method = DEFAULT_METHOD
     """sds or vsd."""
-    steps: int = 600
+    steps: Annotated[int, Range(1, 10**7)] = 600
     """Optimisation steps."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the initialisation and of every step's random stream."""
-    device: str | None = None
+    device: Device = None
     """cpu, cuda, cuda:N (None: cuda when available)."""
-    checkpoint_every: int = 100
+    checkpoint_every: Annotated[int, Range(1, None)] = 100
     """Steps between checkpoints."""
-    validate_every: int = 200
+    validate_every: Annotated[int, Range(0, None)] = 200
     """Steps between validation renders (0: only at the end)."""
     scene: SceneConfig = field(default_factory=SceneConfig)
     cameras: CameraRanges = field(default_factory=CameraRanges)
@@ -82,13 +84,13 @@ class LiftConfig:
     critic: CriticConfig = field(default_factory=CriticConfig)
     regularizers: RegularizerConfig = field(default_factory=RegularizerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-    turntable_frames: int = 24
+    turntable_frames: Annotated[int, Range(1, 1000)] = 24
     """Frames of turntable.gif / turntable.mp4."""
-    turntable_resolution: int = 256
+    turntable_resolution: Annotated[int, Range(8, 2048)] = 256
     """Resolution of the turntable (the field renders at any resolution)."""
-    view_resolution: int = 64
+    view_resolution: Annotated[int, Range(8, 1024)] = 64
     """Resolution of validation, turntable and metric renders."""
-    metric_views: int = 8
+    metric_views: Annotated[int, Range(1, 360)] = 8
     """Orbit renders (elevation 15°) scored for R-precision and view consistency."""
 
 
@@ -115,15 +117,7 @@ def check_config(config: LiftConfig) -> None:
     """Reject settings that cannot run, with one line each (before anything is written)."""
     if not config.prompt.strip():
         raise DreamDistillError('empty prompt: pass what to make, e.g. dreamdistill "a red chair"')
-    for name, value in (("steps", config.steps), ("render.batch_size", config.render.batch_size),
-                        ("checkpoint_every", config.checkpoint_every), ("export.resolution", config.export.resolution),
-                        ("view_resolution", config.view_resolution), ("metric_views", config.metric_views),
-                        ("turntable_resolution", config.turntable_resolution)):
-        if value < 1:
-            raise DreamDistillError(f"{name} must be at least 1, got {value}")
-    for fmt in config.export.formats:
-        if fmt not in FORMATS:
-            raise DreamDistillError(f"unknown mesh format {fmt!r} in export.formats; choose from {', '.join(FORMATS)}")
+    validate(config)
     check_texture_size(config.export.texture_size)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -21,6 +22,14 @@ from dreamdistill.lift3d.schedules import (
 from dreamdistill.render.cameras import Cameras, sample_cameras
 from dreamdistill.render.lights import camera_light
 from dreamdistill.render.volume import Shading, render
+
+
+def field_digest(field) -> str:
+    """SHA-1 of a field's parameters (to tell whether training moved them at all)."""
+    digest = hashlib.sha1()
+    for tensor in field.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def make_guidance(config: LiftConfig, teacher) -> SDS:
@@ -47,10 +56,18 @@ class Lifter:
             group["initial_lr"] = group["lr"]
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
         self.guidance = make_guidance(config, teacher)
+        self.nonfinite_steps = 0
+        """Steps skipped because their loss or gradient was NaN or infinite (saved in checkpoints)."""
+        self.initial_digest = field_digest(self.field)
+        """The field's parameters at initialisation (the same for a resumed run: same seed)."""
 
     # -- one update
     def step(self, step: int) -> dict[str, float]:
-        """One scene update (and, for VSD, the critic's updates) at ``step`` of ``config.steps``."""
+        """One scene update (and, for VSD, the critic's updates) at ``step`` of ``config.steps``.
+
+        A step whose loss or gradients hold a NaN or an infinity (or whose guidance reports non-finite
+        predictions) changes nothing — no optimiser step, so scene and Adam state stay as they were, and no
+        critic update — and is counted in :attr:`nonfinite_steps`; its stats say ``nonfinite: 1``."""
         config, r = self.config, self.config.render
         progress = step / max(config.steps, 1)
         generator = torch.Generator().manual_seed(step_seed(config.seed, step))
@@ -77,13 +94,30 @@ class Lifter:
         loss = sum(regularizers.values(), result["loss"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        finite = int(result.get("nonfinite", 0)) == 0 and self.gradients_finite(loss)
+        if finite:
+            self.optimizer.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_steps += 1
         stats = {"loss": float(loss.detach()), "grad_norm": float(result["grad_norm"]),
                  "opacity": float(out.opacity.detach().mean()), "t": float(result["t"].float().mean()),
-                 "residual_rms": float(result["residual_rms"]),
+                 "residual_rms": float(result["residual_rms"]), "nonfinite": float(not finite),
                  **{name: float(value.detach()) for name, value in regularizers.items()}}
-        stats.update(self.guidance.after_step(result, generator))
+        if finite:
+            stats.update(self.guidance.after_step(result, generator))
         return stats
+
+    def gradients_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss and every scene gradient are free of NaN and infinity (one device sync)."""
+        checks = [torch.isfinite(loss.detach()).all()]
+        checks += [torch.isfinite(p.grad).all() for group in self.optimizer.param_groups for p in group["params"]
+                   if p.grad is not None]
+        return bool(torch.stack(checks).all())
+
+    def field_moved(self) -> bool:
+        """Whether the field's parameters differ from their initial values."""
+        return field_digest(self.field) != self.initial_digest
 
     # -- views
     def render_views(self, cameras: Cameras, resolution: int, shading: Shading = "diffuse") -> torch.Tensor:
@@ -94,7 +128,7 @@ class Lifter:
     # -- checkpoints
     def state_dict(self) -> dict:
         state = {"field": self.field.state_dict(), "background": self.background.state_dict(),
-                 "optimizer": self.optimizer.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "nonfinite_steps": self.nonfinite_steps,
                  "occupancy": self.occupancy.state_dict() if self.occupancy is not None else None}
         return {**state, **self.guidance.state_dict()}
 
@@ -105,6 +139,7 @@ class Lifter:
         if self.occupancy is not None and state.get("occupancy") is not None:
             self.occupancy.load_state_dict(state["occupancy"])
         self.guidance.load_state_dict(state)
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
     def close(self) -> None:
         """Undo the guidance's changes to the shared teacher (VSD's adapter and hook)."""

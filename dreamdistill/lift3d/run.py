@@ -20,10 +20,12 @@ Every step draws its randomness (cameras, shading, timesteps, noise, critic) fro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,16 +33,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamdistill.config import from_dict, read_yaml, save_yaml
-from dreamdistill.errors import DreamDistillError
-from dreamdistill.export import EmptySceneError, export_meshes, write_turntable
+from dreamdistill.config import check_device, check_field, from_dict, read_yaml, save_yaml, validate
+from dreamdistill.errors import DreamDistillError, Interrupted
+from dreamdistill.export import EmptySceneError, ExportConfig, export_meshes, write_turntable
 from dreamdistill.fileio import (
     append_jsonl,
+    first_line,
     save_image_atomic,
+    torch_load_checked,
     torch_save_atomic,
     truncate_jsonl,
     write_json_atomic,
 )
+from dreamdistill.interrupt import StopRequest
 from dreamdistill.lift3d.config import LiftConfig, check_config, check_resolutions, config_from_args
 from dreamdistill.lift3d.evaluate import ORBIT_ELEVATION, evaluate, score_orbit, shape_score
 from dreamdistill.lift3d.lifter import Lifter
@@ -49,6 +54,8 @@ from dreamdistill.render.cameras import Cameras, orbit_cameras
 from dreamdistill.texture import check_texture_size
 
 CONFIG_NAME, CHECKPOINT_NAME, METRICS_NAME = "config.yaml", "checkpoint.pt", "metrics.json"
+DEFAULT_OUT = "runs"
+"""Parent folder of new run folders (``--out``)."""
 EVAL_NAME = "eval.json"
 LOG_NAME = "log.jsonl"
 """One JSON line per step: step, loss, grad_norm, opacity, t, residual_rms, regularisers, critic_loss (VSD)."""
@@ -80,11 +87,33 @@ def load_run(run_dir: str | Path) -> tuple[Path, LiftConfig, dict | None]:
     if not (run_dir / CONFIG_NAME).is_file():
         raise DreamDistillError(f"{run_dir} is not a text-to-3D run: it has no {CONFIG_NAME} "
                                 "(pass a folder made by `dreamdistill PROMPT`, e.g. runs/a-red-chair-...)")
-    config = from_dict(LiftConfig, read_yaml(run_dir / CONFIG_NAME))
+    try:
+        config = from_dict(LiftConfig, read_yaml(run_dir / CONFIG_NAME))
+        validate(dataclasses.replace(config, device=None))  # the device is this machine's choice, checked on use
+    except DreamDistillError as error:
+        raise DreamDistillError(f"{run_dir / CONFIG_NAME}: {error}; correct that file") from None
     checkpoint = None
     if (run_dir / CHECKPOINT_NAME).is_file():
-        checkpoint = torch.load(run_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+        checkpoint = torch_load_checked(run_dir / CHECKPOINT_NAME, ("step", "field"),
+                                        "move it away to start this run over from step 0")
     return run_dir, config, checkpoint
+
+
+@contextlib.contextmanager
+def checkpoint_matches_config(run_dir: Path):
+    """Turn a failure to load a checkpoint into a scene built from config.yaml into one line."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise DreamDistillError(f"{run_dir / CHECKPOINT_NAME} does not match {run_dir / CONFIG_NAME} "
+                                f"({first_line(error)}); put back the settings the run was made with") from None
+
+
+def restore(lifter: Lifter, run_dir: Path, checkpoint: dict) -> tuple[int, float]:
+    """Load a checkpoint into ``lifter`` (one line when it does not match the config); returns (step, seconds)."""
+    with checkpoint_matches_config(run_dir):
+        lifter.load_state_dict(checkpoint)
+    return int(checkpoint["step"]), float(checkpoint.get("seconds", 0.0))
 
 
 # ---- the teacher --------------------------------------------------------------------------------------
@@ -176,7 +205,8 @@ def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float) -> dict:
         print(f"warning: no mesh written: {error}", file=sys.stderr)
         mesh_files, mesh_stats = [], None
     metrics = {**evaluate(lifter, config.prompt), "shape": shape, "seconds": round(seconds, 1), "steps": steps,
-               "method": config.method, "prompt": config.prompt, "mesh": mesh_stats}
+               "nonfinite_steps": lifter.nonfinite_steps, "method": config.method, "prompt": config.prompt,
+               "mesh": mesh_stats}
     written += mesh_files + [write_json_atomic(run_dir / METRICS_NAME, metrics)]
     try:
         written.append(write_report(run_dir))
@@ -191,33 +221,57 @@ def optimise(lifter: Lifter, run_dir: Path, checkpoint: dict | None = None, stop
     """Run (or continue) the loop with checkpoints and validation, then :func:`finish`.
 
     ``stop_after`` ends the loop after that step without finishing (used to test resuming); returns None then.
+    Ctrl-C or SIGTERM ends the loop after the current step with a checkpoint (:class:`Interrupted`). A run whose
+    steps are mostly non-finite (more than half of ``steps``), or whose field never moved, stops with a
+    DreamDistillError before anything is exported.
     """
     from tqdm import tqdm
 
     config = lifter.config
-    start, seconds = 0, 0.0
-    if checkpoint is not None:
-        lifter.load_state_dict(checkpoint)
-        start, seconds = int(checkpoint["step"]), float(checkpoint["seconds"])
+    start, seconds = restore(lifter, run_dir, checkpoint) if checkpoint is not None else (0, 0.0)
     log = run_dir / LOG_NAME
     truncate_jsonl(log, lambda record: record.get("step", 0) < start)  # a resumed run replays later steps
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=config.method,
                unit="step", disable=not progress_bar, dynamic_ncols=True, file=sys.stderr)
     began = time.perf_counter() - seconds
-    for step in bar:
-        stats = lifter.step(step)
-        append_jsonl(log, {"step": step, **{k: round(v, 6) for k, v in stats.items()}})
-        bar.set_postfix(loss=f"{stats['loss']:.3g}", opacity=f"{stats['opacity']:.2f}", refresh=False)
-        done = step + 1
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            save_checkpoint(lifter, run_dir, done, time.perf_counter() - began)
-        if config.validate_every and done % config.validate_every == 0 and done < config.steps:
-            save_validation(lifter, run_dir, done)
-        if stop_after is not None and done >= stop_after:
-            bar.close()
-            return None
-    bar.close()
+    with StopRequest() as stop, bar:
+        for step in bar:
+            stats = lifter.step(step)
+            append_jsonl(log, {"step": step, **{k: round(v, 6) for k, v in stats.items()}})
+            bar.set_postfix(loss=f"{stats['loss']:.3g}", opacity=f"{stats['opacity']:.2f}", refresh=False)
+            done = step + 1
+            if lifter.nonfinite_steps * 2 > config.steps:
+                bar.close()
+                raise DreamDistillError(
+                    f"the optimisation diverged: {lifter.nonfinite_steps} of the {done} steps so far had a NaN or "
+                    f"infinite loss or gradient (more than half of the run's {config.steps}), so nothing is "
+                    f"exported from {run_dir}; lower guidance.guidance_scale or the learning rates and start again")
+            if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
+                save_checkpoint(lifter, run_dir, done, time.perf_counter() - began)
+            if stop.requested:
+                bar.close()
+                raise Interrupted(f"stopped at step {done} of {config.steps}, checkpoint saved; continue with: "
+                                  f"dreamdistill --resume {shlex.quote(str(run_dir))}", stop.signum)
+            if config.validate_every and done % config.validate_every == 0 and done < config.steps:
+                save_validation(lifter, run_dir, done)
+            if stop_after is not None and done >= stop_after:
+                return None
+    if not lifter.field_moved():
+        raise DreamDistillError(
+            f"the field never moved from its initial values in {config.steps} steps (learning rates too small, or "
+            f"every step skipped), so nothing is exported from {run_dir}; raise optim.grid_learning_rate and "
+            "optim.mlp_learning_rate and start again")
+    if lifter.nonfinite_steps:
+        print(f"warning: {lifter.nonfinite_steps} of {config.steps} steps had a NaN or infinite loss or gradient "
+              "and were skipped (metrics.json: nonfinite_steps)", file=sys.stderr)
     return finish(lifter, run_dir, config.steps, time.perf_counter() - began)
+
+
+def run_device(device: str | None) -> torch.device:
+    """``--device`` (checked against this machine), else cuda when available, else cpu."""
+    if device is not None:
+        check_device(device)
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def summary_line(result: dict) -> str:
@@ -237,14 +291,11 @@ def summary_line(result: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``dreamdistill PROMPT`` and ``dreamdistill PROMPT --resume RUN_DIR``."""
+    """``dreamdistill PROMPT`` and ``dreamdistill --resume RUN_DIR``: everything is checked (config, devices,
+    resume arguments, checkpoint against config) before the run folder is made or config.yaml rewritten."""
     checkpoint = None
     if args.resume:
-        if args.config or args.overrides:
-            raise DreamDistillError("--resume continues a run with its own config.yaml; drop --config and --set")
-        run_dir, config, checkpoint = load_run(args.resume)
-        changes = {k: v for k, v in (("steps", args.steps), ("device", args.device)) if v is not None}
-        config = dataclasses.replace(config, **changes)
+        run_dir, config, checkpoint = load_resumed(args)
     else:
         config = config_from_args(args)
         run_dir = None
@@ -254,13 +305,42 @@ def main(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     lifter = Lifter(config, teacher)
+    if checkpoint is not None:
+        restore(lifter, run_dir, checkpoint)
     if run_dir is None:
-        run_dir = create_run_dir(Path(args.out), config.prompt)
-    save_yaml(config, run_dir / CONFIG_NAME)
-    print(f"{config.method} on {config.teacher!r}: {config.prompt!r} -> {run_dir}", file=sys.stderr)
-    result = optimise(lifter, run_dir, checkpoint)
+        run_dir = create_run_dir(Path(args.out or DEFAULT_OUT), config.prompt)
+    try:
+        save_yaml(config, run_dir / CONFIG_NAME)
+        print(f"{config.method} on {config.teacher!r}: {config.prompt!r} -> {run_dir}", file=sys.stderr)
+        result = optimise(lifter, run_dir, checkpoint)
+    except OSError as error:
+        where = f"{error.strerror or first_line(error)}" + (f": {error.filename}" if error.filename else "")
+        raise DreamDistillError(f"writing to the run folder {run_dir} failed ({where}); once there is space or "
+                                f"write permission again, continue with: dreamdistill --resume "
+                                f"{shlex.quote(str(run_dir))}") from None
     print(summary_line(result))
     return 0
+
+
+def load_resumed(args: argparse.Namespace) -> tuple[Path, LiftConfig, dict | None]:
+    """The run ``--resume`` names, with ``--steps`` / ``--device`` applied; every other setting comes from its
+    config.yaml, so giving one is refused, as is ``--steps`` below the checkpoint's step."""
+    given = [name for name, value in (("a prompt", args.prompt), ("--guidance", args.guidance),
+                                      ("--teacher", args.teacher), ("--seed", args.seed), ("--out", args.out),
+                                      ("--config", args.config), ("--set", args.overrides))
+             if value not in (None, "", [])]
+    if given:
+        raise DreamDistillError(f"--resume continues {args.resume} with its own config.yaml, so {', '.join(given)} "
+                                "would be ignored; drop them (only --steps and --device may change on resume)")
+    run_dir, config, checkpoint = load_run(args.resume)
+    changes = {k: v for k, v in (("steps", args.steps), ("device", args.device)) if v is not None}
+    config = dataclasses.replace(config, **changes)
+    done = int(checkpoint["step"]) if checkpoint is not None else 0
+    if config.steps < done:
+        name = f"--steps {config.steps}" if args.steps is not None else f"steps={config.steps} in its config.yaml"
+        raise DreamDistillError(f"{name} is below the step of {run_dir / CHECKPOINT_NAME} ({done}); "
+                                f"pass --steps {done} or more")
+    return run_dir, config, checkpoint
 
 
 def export_run(run_dir: str | Path, formats: list[str], resolution: int | None = None,
@@ -268,17 +348,19 @@ def export_run(run_dir: str | Path, formats: list[str], resolution: int | None =
                texture_size: int | None = None) -> list[Path]:
     """``dreamdistill export RUN_DIR``: meshes from a run's checkpoint (without loading the teacher).
     ``texture_size`` None keeps the run's ``export.texture_size``."""
+    for name, value, flag in (("resolution", resolution, "--resolution"), ("threshold", threshold, "--threshold"),
+                              ("texture_size", texture_size, "--texture-size")):
+        check_field(ExportConfig, name, value, flag)
     run_dir, config, checkpoint = load_run(run_dir)
     if checkpoint is None:
         raise DreamDistillError(f"{run_dir} has no {CHECKPOINT_NAME} yet: nothing to export")
     export = dataclasses.replace(config.export, formats=formats, threshold=threshold,
-                                 resolution=resolution or config.export.resolution,
+                                 resolution=config.export.resolution if resolution is None else resolution,
                                  texture_size=config.export.texture_size if texture_size is None else texture_size)
-    if export.resolution < 8:
-        raise DreamDistillError(f"--resolution must be at least 8, got {export.resolution}")
     check_texture_size(export.texture_size, "--texture-size")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    field_, _, _ = load_scene(config, checkpoint, device)
+    device = run_device(device)
+    with checkpoint_matches_config(run_dir):
+        field_, _, _ = load_scene(config, checkpoint, device)
     written, _ = export_meshes(field_, export, run_dir, device, marching_step(config.render))
     return written
 
@@ -288,18 +370,18 @@ def eval_run(run_dir: str | Path, views: int | None = None, resolution: int | No
     """``dreamdistill eval RUN_DIR``: the metrics of ``views`` orbit renders of a run's checkpoint, written to
     RUN_DIR/eval.json (without loading the teacher). ``views`` and ``resolution`` default to the run's
     ``metric_views`` and ``view_resolution``, which reproduces metrics.json."""
-    for name, value in (("--views", views), ("--resolution", resolution)):
-        if value is not None and value < 1:
-            raise DreamDistillError(f"{name} must be at least 1, got {value}")
+    check_field(LiftConfig, "metric_views", views, "--views")
+    check_field(LiftConfig, "view_resolution", resolution, "--resolution")
     run_dir, config, checkpoint = load_run(run_dir)
-    views = views or config.metric_views
-    resolution = resolution or config.view_resolution
+    views = config.metric_views if views is None else views
+    resolution = config.view_resolution if resolution is None else resolution
     if checkpoint is None:
         raise DreamDistillError(f"{run_dir} has no {CHECKPOINT_NAME} yet: nothing to evaluate")
     if not os.access(run_dir, os.W_OK):
         raise DreamDistillError(f"cannot write {EVAL_NAME} into {run_dir}: it is not writable")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    field_, background, occupancy = load_scene(config, checkpoint, device)
+    device = run_device(device)
+    with checkpoint_matches_config(run_dir):
+        field_, background, occupancy = load_scene(config, checkpoint, device)
 
     def render_views(cameras: Cameras) -> torch.Tensor:
         return render_orbit(field_, background, occupancy, config.render, cameras, resolution)

@@ -19,9 +19,11 @@ renderer renders with it, the evaluator's view labels come from it):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+
+from dreamdistill.config import Range
 
 ViewLabel = Literal["front", "side", "back", "overhead"]
 VIEW_LABELS: tuple[ViewLabel, ...] = ("front", "side", "back", "overhead")
@@ -35,13 +37,13 @@ OVERHEAD_MIN_ELEVATION = 60.0
 class CameraRanges:
     """Ranges random training cameras are drawn from (degrees and scene units)."""
 
-    elevation: tuple[float, float] = (-10.0, 60.0)
+    elevation: Annotated[tuple[float, float], Range(-90, 90, ordered=True)] = (-10.0, 60.0)
     """Elevation range in degrees (uniform)."""
-    azimuth: tuple[float, float] = (-180.0, 180.0)
+    azimuth: Annotated[tuple[float, float], Range(-360, 360, ordered=True)] = (-180.0, 180.0)
     """Azimuth range in degrees; a batch is stratified over it."""
-    distance: tuple[float, float] = (3.0, 3.6)
+    distance: Annotated[tuple[float, float], Range(0, 100, open_low=True, ordered=True)] = (3.0, 3.6)
     """Camera distance from the origin."""
-    fov: tuple[float, float] = (36.0, 44.0)
+    fov: Annotated[tuple[float, float], Range(1, 179, ordered=True)] = (36.0, 44.0)
     """Field of view in degrees."""
 
 

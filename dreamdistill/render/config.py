@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
+from dreamdistill.config import Range
 from dreamdistill.scene.background import BackgroundMode
 
 
@@ -11,37 +13,37 @@ from dreamdistill.scene.background import BackgroundMode
 class RenderConfig:
     """Training renders: resolution schedule, batch, marching, shading, light, background, occupancy."""
 
-    resolution: int = 32
+    resolution: Annotated[int, Range(8, 2048)] = 32
     """Render resolution (pixels) for most of the run."""
-    resolution_start: int | None = None
+    resolution_start: Annotated[int | None, Range(8, 2048)] = None
     """A lower resolution for the first part of the run (None: no schedule)."""
-    resolution_switch: float = 0.5
+    resolution_switch: Annotated[float, Range(0, 1)] = 0.5
     """Fraction of the run after which ``resolution`` replaces ``resolution_start``."""
-    batch_size: int = 4
+    batch_size: Annotated[int, Range(1, 256)] = 4
     """Cameras per step."""
-    step_divisions: int = 128
+    step_divisions: Annotated[int, Range(8, 4096)] = 128
     """Marching steps across the box diagonal (step size = 2√3 / this)."""
-    albedo_warmup: float = 0.1
+    albedo_warmup: Annotated[float, Range(0, 1)] = 0.1
     """Fraction of the run rendered with plain albedo before lit shading starts."""
-    diffuse_probability: float = 0.8
+    diffuse_probability: Annotated[float, Range(0, 1)] = 0.8
     """After warm-up, chance of diffuse shading for a step."""
-    textureless_probability: float = 0.0
+    textureless_probability: Annotated[float, Range(0, 1)] = 0.0
     """After warm-up, chance of textureless shading (the rest is albedo)."""
-    ambient: float = 0.5
+    ambient: Annotated[float, Range(0, 1)] = 0.5
     """Ambient fraction of the lit shadings."""
-    light_direction: tuple[float, float, float] = (-0.45, 0.6, 0.66)
+    light_direction: Annotated[tuple[float, float, float], Range(-1, 1)] = (-0.45, 0.6, 0.66)
     """Direction towards the light in the camera frame (x right, y up, z back): the toy data's upper left."""
-    light_jitter: float = 0.0
+    light_jitter: Annotated[float, Range(0, 10)] = 0.0
     """Std of a random perturbation of the light direction."""
     background: BackgroundMode = "fixed"
     """fixed (``background_color``), learned (MLP on direction) or random (per image while training)."""
-    background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    background_color: Annotated[tuple[float, float, float], Range(0, 1)] = (1.0, 1.0, 1.0)
     """Background colour (fixed), or the start of the learned one."""
-    occupancy_resolution: int = 48
+    occupancy_resolution: Annotated[int, Range(0, 512)] = 48
     """Occupancy grid cells per side (0: no occupancy grid)."""
-    occupancy_update_every: int = 16
+    occupancy_update_every: Annotated[int, Range(1, 10**6)] = 16
     """Steps between occupancy updates."""
-    occupancy_warmup: int = 64
+    occupancy_warmup: Annotated[int, Range(0, 10**9)] = 64
     """Steps during which every cell is re-evaluated."""
-    occupancy_threshold: float = 0.01
+    occupancy_threshold: Annotated[float, Range(0, 1)] = 0.01
     """Opacity of one marching step below which a cell counts as empty."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
+from dreamdistill.config import Range
 from dreamdistill.scene.hashgrid import Backend
 
 
@@ -11,27 +13,27 @@ from dreamdistill.scene.hashgrid import Backend
 class SceneConfig:
     """The radiance field (hash grid + MLP)."""
 
-    levels: int = 8
+    levels: Annotated[int, Range(1, 32)] = 8
     """Hash-grid levels."""
-    features_per_level: int = 2
+    features_per_level: Annotated[int, Range(1, 8)] = 2
     """Features per level."""
-    log2_table_size: int = 14
+    log2_table_size: Annotated[int, Range(4, 24)] = 14
     """log2 of the largest per-level table (small = fast on a CPU)."""
-    base_resolution: int = 8
+    base_resolution: Annotated[int, Range(2, 4096)] = 8
     """Coarsest grid resolution."""
-    max_resolution: int = 128
+    max_resolution: Annotated[int, Range(2, 65536)] = 128
     """Finest grid resolution."""
-    hidden_dim: int = 32
+    hidden_dim: Annotated[int, Range(1, 1024)] = 32
     """MLP width."""
-    hidden_layers: int = 1
+    hidden_layers: Annotated[int, Range(0, 16)] = 1
     """MLP hidden layers."""
-    blob_density: float = 5.0
+    blob_density: Annotated[float, Range(-30, 30)] = 5.0
     """Pre-activation density bias at the centre (the initial blob)."""
-    blob_radius: float = 0.5
+    blob_radius: Annotated[float, Range(0, 2, open_low=True)] = 0.5
     """Radius where the blob bias reaches zero."""
     backend: Backend = "auto"
     """Hash-grid backend (auto: our CPU/CUDA kernel when it builds)."""
-    levels_start: int = 0
+    levels_start: Annotated[int, Range(0, 32)] = 0
     """Coarse-to-fine: hash-grid levels in use at the start (0: all levels throughout)."""
-    levels_full_at: float = 0.5
+    levels_full_at: Annotated[float, Range(0, 1)] = 0.5
     """Fraction of the run by which the levels in use have grown linearly to all of them."""

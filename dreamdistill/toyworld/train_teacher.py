@@ -13,46 +13,49 @@ from __future__ import annotations
 
 import copy
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
+from dreamdistill.config import Device, OutputPath, Range, Seed, validate
 from dreamdistill.diffusion.schedule import NoiseSchedule, add_noise, output_from_x0_eps
-from dreamdistill.fileio import torch_save_atomic, write_json_atomic
+from dreamdistill.errors import DreamDistillError
+from dreamdistill.fileio import first_line, torch_load_checked, torch_save_atomic, write_json_atomic
+from dreamdistill.interrupt import StopRequest
 
 
 @dataclass
 class TeacherTrainConfig:
     """Settings of a toy-teacher training run (all seeded)."""
 
-    out: str = "assets/toy-teacher"
+    out: Annotated[str, OutputPath()] = "assets/toy-teacher"
     """Where the finished teacher folder is written (fp16 safetensors)."""
-    work_dir: str = "runs/toy-teacher"
+    work_dir: Annotated[str, OutputPath()] = "runs/toy-teacher"
     """Checkpoints, the rendered data set cache, sample grids and the log."""
-    steps: int = 4200
+    steps: Annotated[int, Range(1, 10**8)] = 4200
     """Optimiser steps (the cosine learning-rate decay spans them; the shipped teacher was resumed with 2,600,
     then 4,600, then 4,200 as the target, so its learning-rate path differs slightly from an uninterrupted run)."""
-    batch_size: int = 32
-    learning_rate: float = 4e-4
-    warmup_steps: int = 200
-    ema_decay: float = 0.999
-    dataset_size: int = 50000
+    batch_size: Annotated[int, Range(1, 65536)] = 32
+    learning_rate: Annotated[float, Range(0, 1, open_low=True)] = 4e-4
+    warmup_steps: Annotated[int, Range(0, None)] = 200
+    ema_decay: Annotated[float, Range(0, 1, open_high=True)] = 0.999
+    dataset_size: Annotated[int, Range(1, 10**7)] = 50000
     """Pre-rendered toy-world images (uint8, cached in work_dir)."""
-    resolution: int = 32
-    width: int = 32
+    resolution: Annotated[int, Range(8, 512, multiple_of=4)] = 32
+    width: Annotated[int, Range(16, 1024, multiple_of=16)] = 32
     """Channels of the first UNet level; the levels use (w, 2w, 4w)."""
-    caption_dropout: float = 0.1
-    min_snr_gamma: float = 5.0
-    checkpoint_every: int = 100
-    preview_every: int = 500
+    caption_dropout: Annotated[float, Range(0, 1)] = 0.1
+    min_snr_gamma: Annotated[float, Range(0, 1e3, open_low=True)] = 5.0
+    checkpoint_every: Annotated[int, Range(1, None)] = 100
+    preview_every: Annotated[int, Range(1, None)] = 500
     """Export ``work_dir/latest`` and a sample grid this often."""
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 0
+    seed: Seed = 0
+    device: Device = "cpu"
+    threads: Annotated[int, Range(0, 1024)] = 0
     """CPU threads (0: torch's default; 1 is faster while other jobs share a 2-core machine)."""
 
 
@@ -132,6 +135,7 @@ def train_teacher(config: TeacherTrainConfig) -> Path:
 
     from dreamdistill.diffusion.teacher import MINILM_NAME, PixelCodec, Teacher, TeacherInfo, TextEncoder, minilm_path
 
+    validate(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -158,10 +162,15 @@ def train_teacher(config: TeacherTrainConfig) -> Path:
     step = 0
     checkpoint_path = work_dir / "checkpoint.pt"
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, weights_only=False)
-        unet.load_state_dict(state["unet"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = torch_load_checked(checkpoint_path, ("unet", "ema", "optimizer", "step"),
+                                   "move it away to train from step 0")
+        try:
+            unet.load_state_dict(state["unet"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise DreamDistillError(f"{checkpoint_path} was trained with other settings ({first_line(error)}); "
+                                    "pass the same --width, or another --work-dir") from None
         step = state["step"]
         print(f"resumed from {checkpoint_path} at step {step}", flush=True)
     write_json_atomic(work_dir / "config.json", asdict(config))
@@ -184,7 +193,7 @@ def train_teacher(config: TeacherTrainConfig) -> Path:
     bar = tqdm(total=config.steps, initial=step, desc="train-teacher", unit="step")
     started = time.time()
     unet.train()
-    stop = _StopRequest()
+    stop = StopRequest()
     while step < config.steps and not stop.requested:
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         index = torch.randint(0, num_images, (config.batch_size,), generator=generator)
@@ -222,21 +231,6 @@ def train_teacher(config: TeacherTrainConfig) -> Path:
     export(Path(config.out))
     print(f"teacher written to {config.out} ({step} steps, MiniLM text encoder {MINILM_NAME})", flush=True)
     return Path(config.out)
-
-
-class _StopRequest:
-    """SIGTERM / SIGINT set a flag, so the loop checkpoints and exports at the end of the current step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def toy_vocabulary() -> dict[str, list[str]]:
