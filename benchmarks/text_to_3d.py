@@ -146,7 +146,8 @@ def label_tile(text: str, width: int, height: int):
     from PIL import Image, ImageDraw
 
     tile = Image.new("RGB", (width, height), (255, 255, 255))
-    ImageDraw.Draw(tile).multiline_text((4, 4), "\n".join(textwrap.wrap(text, 18)), fill=(0, 0, 0))
+    lines = [wrapped for line in text.splitlines() for wrapped in textwrap.wrap(line, 18)]
+    ImageDraw.Draw(tile).multiline_text((4, 4), "\n".join(lines), fill=(0, 0, 0))
     return np.asarray(tile)
 
 
@@ -173,7 +174,7 @@ def write_figure(runs: list[dict], methods: list[str], prompts: list[str], path:
             if meshes is None:
                 meshes = np.full((frames, FIGURE_TILE, FIGURE_TILE, 3), 255, np.uint8)
             iou = run.get("nearest_real_iou")
-            label = f"{method} {prompt}" + (f" IoU {iou:.2f}" if iou is not None else "")
+            label = f"{method.upper()}\n{prompt}" + (f"\nIoU {iou:.2f}" if iou is not None else "")
             rows.append(np.concatenate([label_tile(label, FIGURE_TILE + 32, FIGURE_TILE)]
                                        + [tile(f) for f in turntable[picks]] + list(meshes), axis=1))
     if rows:
