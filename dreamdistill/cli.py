@@ -260,7 +260,8 @@ def eval_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="dreamdistill eval",
         description="Re-score a text-to-3D run from its checkpoint (without loading the teacher): R-precision and "
-        "view consistency of orbit renders (elevation 15°) by the toy evaluator. Prints one JSON object and "
+        "view consistency of orbit renders (elevation 15°) by the toy evaluator, and the nearest-real shape IoU of "
+        "RUN_DIR/mesh.ply. Prints one JSON object and "
         "writes it to RUN_DIR/eval.json.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder made by `dreamdistill PROMPT`")
