@@ -8,7 +8,11 @@ images: colour [B, 3, H, W] in [0, 1] composited over the background, opacity [B
 Rays march with a constant step inside the box. Sampling:
 - on CPU (and on CUDA without nerfacc): our own marching; with an :class:`OccupancyGrid`, samples in empty
   cells are dropped before the field is evaluated. Samples are packed (one row per kept sample) and
-  transmittance is a per-ray exclusive cumulative sum of density * step;
+  transmittance is a per-ray exclusive cumulative sum of density * step. While autograd records, a first
+  pass without gradients evaluates the density alone and keeps only the samples that can matter
+  (:func:`contributing_samples`: step opacity above ``SKIP_OPACITY`` and transmittance above ``EARLY_STOP``,
+  the alpha threshold and early termination of Instant-NGP and nerfacc); the field and its gradients are then
+  computed at those (about a tenth of the marched samples once the shape has formed);
 - on CUDA with nerfacc: nerfacc's ``OccGridEstimator`` marches (fed by our occupancy grid, with early ray
   termination) and ``render_weight_from_density`` computes the weights.
 Per-ray sums are ``index_add`` over packed samples.
@@ -46,6 +50,11 @@ SHADINGS: tuple[Shading, ...] = ("albedo", "diffuse", "textureless")
 BOX_BOUND = 1.0
 DEFAULT_STEP_SIZE = 2 * math.sqrt(3) * BOX_BOUND / 256
 """Marching step: 256 steps across the box diagonal."""
+SKIP_OPACITY = 1e-4
+"""Training samples whose step opacity 1 - exp(-σδ) is below this are skipped (their share of any pixel is
+below it, and the gradient reaching their pre-activation density is of the same order)."""
+EARLY_STOP = 1e-3
+"""Training samples behind this transmittance are skipped (early ray termination)."""
 
 
 class RadianceField(Protocol):
@@ -183,6 +192,17 @@ def exclusive_transmittance(
     return torch.exp(-before[rays, columns])
 
 
+@torch.no_grad()
+def contributing_samples(density: torch.Tensor, rays: torch.Tensor, columns: torch.Tensor, ray_count: int,
+                         steps: int, step_size: float, skip_opacity: float = SKIP_OPACITY,
+                         early_stop: float = EARLY_STOP) -> torch.Tensor:
+    """Mask [S] of the packed samples with step opacity above ``skip_opacity`` and transmittance (over all
+    samples of the ray) above ``early_stop``; ``density`` [S] from a pass without gradients."""
+    sigma_delta = density * step_size
+    transmittance = exclusive_transmittance(sigma_delta, rays, columns, ray_count, steps)
+    return (-torch.expm1(-sigma_delta) > skip_opacity) & (transmittance > early_stop)
+
+
 def lambertian(normals: torch.Tensor, light_directions: torch.Tensor, ambient: torch.Tensor) -> torch.Tensor:
     """Shading factor [S]: ambient + (1 - ambient) * max(0, n . l)."""
     return ambient + (1 - ambient) * (normals * light_directions).sum(dim=-1).clamp(min=0.0)
@@ -231,8 +251,11 @@ def render_rays(
     generator: torch.Generator | None = None,
     return_normals: bool = False,
     normal_weight_threshold: float = 1e-4,
+    prune: bool = True,
 ) -> RayOutput:
     """Render rays (origins [R, 3], unit directions [R, 3]); ``background`` [R, 3] (default black).
+
+    ``prune``: while autograd records, evaluate the field only at :func:`contributing_samples` (our marching).
 
     ``light_positions`` [R, 3] and ``ambient`` [R] are needed by the ``diffuse`` and ``textureless`` shadings.
     """
@@ -250,6 +273,10 @@ def render_rays(
     else:
         rays, t, columns, steps = march(origins, directions, step_size, occupancy, stratified, generator)
         positions = origins[rays] + t[:, None] * directions[rays]  # [S, 3]
+        if torch.is_grad_enabled() and prune:
+            with torch.no_grad():
+                keep = contributing_samples(field.density(positions), rays, columns, ray_count, steps, step_size)
+            rays, t, columns, positions = rays[keep], t[keep], columns[keep], positions[keep]
         density, albedo = field(positions)  # [S], [S, 3]
         sigma_delta = density * step_size
         weights = exclusive_transmittance(sigma_delta, rays, columns, ray_count, steps) * (
@@ -339,12 +366,14 @@ def render(
     generator: torch.Generator | None = None,
     return_normals: bool = False,
     chunk_rays: int = 1 << 14,
+    prune: bool = True,
 ) -> RenderOutput:
     """Render ``cameras`` at ``resolution`` x ``resolution``.
 
     ``background`` is a module mapping directions [B, H, W, 3] to colours (``scene.background.Background``),
     a colour tensor [3], or None (black). ``stratified`` jitters samples (default: while ``field`` trains).
     Lit shadings use ``light`` (default: headlights). Rays are rendered in chunks of ``chunk_rays``.
+    ``prune``: skip samples that cannot matter while training (see :func:`render_rays`).
     """
     device = next(iter(field.parameters())).device if isinstance(field, nn.Module) else cameras.azimuth.device
     cameras = cameras.to(device)
@@ -382,6 +411,7 @@ def render(
                 stratified,
                 generator,
                 return_normals,
+                prune=prune,
             )
         )
 
