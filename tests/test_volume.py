@@ -122,6 +122,32 @@ def test_pruned_training_render_matches_the_full_one_with_a_tenth_of_the_samples
         assert render(field, torch.ones(3), cams, 16, stratified=False).samples == full.samples
 
 
+def test_visible_cells_render_the_same_image_from_fewer_samples():
+    """A grid still remembering a large blob (a short run's training grid) marches most of the box; its
+    visible_cells grid drops cells below 1e-4 step opacity, and the samples it keeps sit where they were, so
+    the image is unchanged to within what the dropped samples could add."""
+    torch.manual_seed(0)
+    scene, cams = default_scene(), orbit_cameras(2)
+    field = AnalyticField(scene)
+    stale = OccupancyGrid(resolution=32)  # never updated: every cell occupied
+    visible = stale.visible_cells(field.density, DEFAULT_STEP_SIZE)
+    assert visible.occupied_fraction < 0.5 * stale.occupied_fraction
+    with torch.no_grad():
+        full = render(field, torch.ones(3), cams, 24, occupancy=stale, stratified=False)
+        tight = render(field, torch.ones(3), cams, 24, occupancy=visible, stratified=False)
+    assert tight.samples < 0.5 * full.samples
+    assert (tight.image - full.image).abs().max() < 1e-3
+    again = stale.visible_cells(field.density, DEFAULT_STEP_SIZE)
+    assert torch.equal(again.mask, visible.mask)  # seeded: metric renders are reproducible
+    origins, directions = (t.reshape(-1, 3) for t in generate_rays(cams, 24))
+    step = 0.05
+    rays_all, t_all, _, _ = march(origins, directions, step, stale)
+    rays_kept, t_kept, _, _ = march(origins, directions, step, visible)
+    assert len(t_kept) < len(t_all)
+    everywhere = {(int(r), round(float(t) / step, 3)) for r, t in zip(rays_all, t_all)}
+    assert all((int(r), round(float(t) / step, 3)) in everywhere for r, t in zip(rays_kept, t_kept))
+
+
 def test_march_is_sorted_and_inside_the_box():
     origins, directions = (t.reshape(-1, 3) for t in generate_rays(orbit_cameras(1), 8))
     rays, t, columns, steps = march(origins, directions, 0.05, stratified=True)

@@ -65,9 +65,12 @@ def load_scene(config: LiftConfig, checkpoint: dict,
 def render_orbit(field_: Field, background: Background, occupancy: OccupancyGrid | None, config: RenderConfig,
                  cameras: Cameras, resolution: int, shading: Shading = "diffuse") -> torch.Tensor:
     """Deterministic renders [B, 3, H, W] (on the CPU) with the training light (the teacher's look): the
-    validation, turntable and metric renders of a run, and ``dreamdistill eval``. Puts the modules in eval mode."""
+    validation, turntable and metric renders of a run, and ``dreamdistill eval``. Puts the modules in eval mode.
+    Marches only the occupancy grid's :meth:`~OccupancyGrid.visible_cells` (several times fewer samples)."""
     field_.eval()
     background.eval()
+    if occupancy is not None:
+        occupancy = occupancy.visible_cells(field_.density, marching_step(config))
     images = []
     for part in range(0, len(cameras), 4):
         sub = Cameras(*(t[part:part + 4] for t in (cameras.azimuth, cameras.elevation, cameras.distance,

@@ -113,6 +113,29 @@ class OccupancyGrid(nn.Module):
         self.mask.copy_(dilate((self.occupancy > threshold).view(res, res, res), self.dilation))
         return True
 
+    @torch.no_grad()
+    def visible_cells(self, density_fn: DensityFn, step_size: float, samples: int = 8, min_opacity: float = 1e-4,
+                      seed: int = 0, chunk: int = 1 << 18) -> OccupancyGrid:
+        """A tight grid of the field as it is now, for renders without gradients: a cell is kept (then dilated
+        by ``dilation``) when the largest step opacity ``density * step_size`` at ``samples`` jittered points
+        (drawn from ``seed``: renders are reproducible) exceeds ``min_opacity``. Samples it drops add less
+        than ``min_opacity`` each to a pixel. The training grid keeps a slowly decaying maximum (so geometry
+        can grow back), which on a short run still remembers the initial blob."""
+        res = self.resolution
+        generator = torch.Generator().manual_seed(seed)
+        corner = torch.stack(torch.meshgrid(*[torch.arange(res)] * 3, indexing="ij"), dim=-1).reshape(-1, 3)
+        peak = torch.zeros(res**3, device=self.mask.device)
+        for _ in range(samples):
+            points = (corner + torch.rand(corner.shape, generator=generator)) / res * (2 * self.bound) - self.bound
+            points = points.to(self.mask.device)
+            values = torch.cat([density_fn(part) for part in points.split(chunk)]).float() * step_size
+            peak = torch.maximum(peak, values)
+        grid = OccupancyGrid(res, self.opacity_threshold, self.decay, self.warmup_steps, self.update_every,
+                             self.bound, self.dilation).to(self.mask.device)
+        grid.occupancy.copy_(peak)
+        grid.mask.copy_(dilate((peak > min_opacity).view(res, res, res), self.dilation) & self.mask)
+        return grid
+
     def nerfacc_estimator(self) -> Any:
         """nerfacc's ``OccGridEstimator`` over the same box, sharing this grid's state (for CUDA marching)."""
         import nerfacc

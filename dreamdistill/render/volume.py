@@ -155,16 +155,17 @@ def march(
     stratified: bool = False,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Constant-step samples inside the box, empty cells dropped (rays are clipped to the occupied cells' box).
+    """Constant-step samples inside the box, empty cells dropped (rays are clipped to the occupied cells' box,
+    keeping the positions the samples would have without the grid, so culling changes no sample it keeps).
 
     Returns packed ray indices [S], sample distances t [S] (interval midpoints), step indices [S] (position of
     the sample along its ray) and the number of steps K of the longest ray. Samples are sorted by ray, then t.
     """
     device = origins.device
-    if occupancy is not None:
-        near, far = ray_box_intersection(origins, directions, *occupancy.occupied_bounds())
-    else:
-        near, far = ray_box_intersection(origins, directions)
+    near, far = ray_box_intersection(origins, directions)
+    if occupancy is not None:  # start at the occupied cells' box, on the same sample positions as without it
+        near_occupied, far = ray_box_intersection(origins, directions, *occupancy.occupied_bounds())
+        near = near + ((near_occupied - near) / step_size).floor().clamp(min=0.0) * step_size
     span = (far - near).clamp(min=0.0)
     steps = int(math.ceil(float(span.max()) / step_size)) if span.numel() else 0
     if steps == 0:
