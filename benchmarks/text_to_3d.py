@@ -70,10 +70,13 @@ def run_one(prompt: str, method: str, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     result = optimise(Lifter(config, teacher), run_dir, progress_bar=not args.quiet)
     metrics = result["metrics"]
-    return {"prompt": prompt, "method": method, "run_dir": str(run_dir), "wall_seconds": round(
-        time.perf_counter() - start, 1), "optimisation_seconds": metrics["seconds"], "steps": metrics["steps"],
-        "r_precision": metrics["r_precision"], "view_consistency": metrics["view_consistency"],
-        "nearest_real_iou": (metrics.get("shape") or {}).get("iou", {}).get("best"), "mesh": metrics["mesh"]}
+    shape = metrics.get("shape") or {}
+    return {"prompt": prompt, "method": method, "preset": preset_hash(method), "run_dir": str(run_dir),
+            "wall_seconds": round(time.perf_counter() - start, 1), "optimisation_seconds": metrics["seconds"],
+            "steps": metrics["steps"], "r_precision": metrics["r_precision"],
+            "view_consistency": metrics["view_consistency"], "nearest_real_iou": shape.get("iou", {}).get("best"),
+            "components": shape.get("components"), "largest_area_share": shape.get("largest_area_share"),
+            "mesh": metrics["mesh"]}
 
 
 def summarise(runs: list[dict], methods: list[str]) -> dict:
@@ -89,6 +92,7 @@ def summarise(runs: list[dict], methods: list[str]) -> dict:
                 "mean_nearest_real_iou": mean([r.get("nearest_real_iou") for r in mine]),
                 "min_nearest_real_iou": min((r["nearest_real_iou"] for r in mine if r.get("nearest_real_iou")
                                              is not None), default=None),
+                "one_component_95": sum(1 for r in mine if (r.get("largest_area_share") or 0) >= 0.95),
                 "mean_wall_seconds": mean([r["wall_seconds"] for r in mine]),
                 "max_wall_seconds": max(r["wall_seconds"] for r in mine),
             }
@@ -109,11 +113,15 @@ def summarise(runs: list[dict], methods: list[str]) -> dict:
 
 
 def finished_runs(path: Path, settings: dict) -> list[dict]:
-    """Runs of an earlier, interrupted benchmark with the same settings (none when they differ)."""
+    """Runs of an earlier, interrupted benchmark that still count: same overrides, steps and teacher, and the
+    preset of the run's method unchanged (a changed preset invalidates that method's runs only)."""
     if not path.is_file():
         return []
     earlier = json.loads(path.read_text())
-    return earlier.get("runs", []) if earlier.get("settings") == settings else []
+    same = {k: v for k, v in settings.items() if k != "presets"}
+    if {k: v for k, v in earlier.get("settings", {}).items() if k != "presets"} != same:
+        return []
+    return [r for r in earlier.get("runs", []) if r.get("preset") == settings["presets"].get(r["method"])]
 
 
 FIGURE_TILE = 96
@@ -215,7 +223,7 @@ def main() -> None:
     out = Path(args.out)
     runs = finished_runs(out, settings)
     info = device_info(args.device or "cpu")
-    todo = [(prompt, method) for prompt in PROMPTS[: args.prompts] for method in methods
+    todo = [(prompt, method) for method in methods for prompt in PROMPTS[: args.prompts]  # method by method
             if not any(r["method"] == method and r["prompt"] == prompt for r in runs)]
     if args.figure_only:
         todo = []

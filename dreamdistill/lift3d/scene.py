@@ -41,7 +41,8 @@ def build_scene(config: LiftConfig, device: torch.device | str = "cpu"
     background = Background(r.background, r.background_color).to(device)
     occupancy = None
     if r.occupancy_resolution > 0:
-        occupancy = OccupancyGrid(r.occupancy_resolution, r.occupancy_threshold, warmup_steps=r.occupancy_warmup,
+        occupancy = OccupancyGrid(r.occupancy_resolution, r.occupancy_threshold, decay=r.occupancy_decay,
+                                  warmup_steps=r.occupancy_warmup,
                                   update_every=r.occupancy_update_every).to(device)
     return field_, background, occupancy
 

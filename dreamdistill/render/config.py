@@ -47,3 +47,6 @@ class RenderConfig:
     """Steps during which every cell is re-evaluated."""
     occupancy_threshold: Annotated[float, Range(0, 1)] = 0.01
     """Opacity of one marching step below which a cell counts as empty."""
+    occupancy_decay: Annotated[float, Range(0, 1)] = 0.95
+    """Per-update decay of each cell's remembered step opacity (Instant-NGP's 0.95 is sized for runs of 10^4+
+    steps; on a run of a few hundred a cell forgets the initial blob only with a faster decay)."""
