@@ -12,9 +12,9 @@ R-precision ≥ 0.8 and mean view consistency ≥ 0.6; the default preset should
 Writes ``benchmarks/results/text_to_3d.json`` after every run and, at the end, ``text_to_3d.png`` (rows: each
 method's prompts in order, 8 turntable frames 45° apart, then the exported mesh from the same 8 cameras);
 rerunning the same command skips the runs
-already in it (same overrides, steps, teacher and preset files), so an interrupted benchmark resumes.
-With ``--jobs N`` the runs go to N worker processes (CPU threads split between them) in the order
-prompt by prompt, methods interleaved, so SDS and VSD of one prompt run side by side under the same load.
+already in it (same overrides, steps and teacher, and the method's preset unchanged), so an interrupted
+benchmark resumes. Runs go method by method (every prompt of the first method, then the next); with
+``--jobs N`` to N worker processes (CPU threads split between them).
 """
 
 from __future__ import annotations
