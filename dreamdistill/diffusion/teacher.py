@@ -211,6 +211,8 @@ class Teacher:
 
     def __init__(self, unet, scheduler, text_encoder: TextEncoder, codec, info: TeacherInfo, device, dtype):
         self.unet = unet.to(device, dtype).eval()
+        if torch.device(device).type == "cpu":  # oneDNN's convolutions: 5 % off a toy text-to-3D step
+            self.unet.to(memory_format=torch.channels_last)
         self.unet.requires_grad_(False)
         self.scheduler = scheduler
         self.schedule = NoiseSchedule.from_scheduler(scheduler)
@@ -348,8 +350,9 @@ class Teacher:
         """Raw network output (the teacher's prediction type), float32."""
         unet = unet or self.unet
         t = torch.as_tensor(t, device=self.device).expand(x_t.shape[0])
-        out = unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype), **unet_kwargs).sample
-        return out.float()
+        x_t = x_t.to(self.dtype, memory_format=torch.channels_last) if x_t.dim() == 4 else x_t.to(self.dtype)
+        out = unet(x_t, t, encoder_hidden_states=text.to(self.dtype), **unet_kwargs).sample
+        return out.float().contiguous()
 
     def denoiser(self, unet=None, guidance: GuidanceMode | None = None) -> Denoiser:
         """``unet`` (default: the teacher's own) behind the one denoiser convention (:mod:`diffusion.denoiser`).
