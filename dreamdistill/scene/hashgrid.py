@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from dreamdistill.scene.kernel import kernel_has_cuda, load_kernel
 
@@ -33,6 +32,10 @@ PRIMES = (1, 2654435761, 805459861)
 UINT32_MASK = 0xFFFFFFFF
 INIT_RANGE = 1e-4
 """Parameters start uniform in (-INIT_RANGE, INIT_RANGE), as in tiny-cuda-nn."""
+
+
+KernelArgs = tuple[list[int], list[int], list[int], list[float], int]
+"""(offsets, sizes, resolutions, scales, features): the geometry as the kernel ops take it."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class GridGeometry:
         """Whether a level stores every vertex (else it is hashed)."""
         return self.resolutions[level] ** 3 <= self.sizes[level]
 
-    def kernel_args(self) -> tuple[list[int], list[int], list[int], list[float], int]:
+    def kernel_args(self) -> KernelArgs:
         """(offsets, sizes, resolutions, scales, features) as the C++ ops take them."""
         return list(self.offsets), list(self.sizes), list(self.resolutions), list(self.scales), self.features
 
@@ -179,27 +182,56 @@ def hash_grid_reference(x: torch.Tensor, params: torch.Tensor, geometry: GridGeo
 # ---- our kernels --------------------------------------------------------------------------------------
 
 
-class _KernelEncoding(torch.autograd.Function):
-    """Autograd wrapper of the C++/CUDA kernel ops (first derivatives only)."""
+@torch.library.custom_op("dreamdistill::hashgrid_encode", mutates_args=())
+def hashgrid_encode(x: torch.Tensor, params: torch.Tensor, offsets: list[int], sizes: list[int],
+                    resolutions: list[int], scales: list[float], features: int) -> torch.Tensor:
+    """Our C++/CUDA kernel as a ``torch.library`` op: x [N, 3] float32, params [P] float32 -> [N, L * F].
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, params: torch.Tensor, geometry: GridGeometry, ops: Any) -> torch.Tensor:
-        ctx.save_for_backward(x, params)
-        ctx.geometry, ctx.ops = geometry, ops
-        with _device_scope(x):
-            return ops.forward(x, params, *geometry.kernel_args(), _stream(x))
+    ``torch.compile`` traces through it (shapes from :func:`_hashgrid_encode_fake`) without a graph break; the
+    CUDA stream is read when the op runs, never baked into a graph (so CUDA-graph capture uses its own stream).
+    """
+    with _device_scope(x):
+        return load_kernel().forward(x, params, offsets, sizes, resolutions, scales, features, _stream(x))
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
-        x, params = ctx.saved_tensors
-        need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_out = grad_out.float().contiguous()
-        with _device_scope(x):
-            grad_params, grad_x = ctx.ops.backward(
-                x, params, grad_out, *ctx.geometry.kernel_args(), need_params, need_x, _stream(x)
-            )
-        return grad_x, grad_params, None, None
+
+@hashgrid_encode.register_fake
+def _hashgrid_encode_fake(x, params, offsets, sizes, resolutions, scales, features):
+    return x.new_empty((x.shape[0], len(scales) * features))
+
+
+@torch.library.custom_op("dreamdistill::hashgrid_encode_backward", mutates_args=())
+def hashgrid_encode_backward(x: torch.Tensor, params: torch.Tensor, grad_out: torch.Tensor, offsets: list[int],
+                             sizes: list[int], resolutions: list[int], scales: list[float], features: int,
+                             need_params: bool, need_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d loss / d params [P], d loss / d x [N, 3]); a gradient not asked for comes back empty ([0] / [0, 3])."""
+    with _device_scope(x):
+        grad_params, grad_x = load_kernel().backward(x, params, grad_out, offsets, sizes, resolutions, scales,
+                                                     features, need_params, need_x, _stream(x))
+    return (grad_params if need_params else params.new_empty(0)), (grad_x if need_x else x.new_empty((0, 3)))
+
+
+@hashgrid_encode_backward.register_fake
+def _hashgrid_encode_backward_fake(x, params, grad_out, offsets, sizes, resolutions, scales, features, need_params,
+                                   need_x):
+    return params.new_empty(params.shape if need_params else (0,)), x.new_empty(x.shape if need_x else (0, 3))
+
+
+def _encode_setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    x, params, *geometry = inputs
+    ctx.save_for_backward(x, params)
+    ctx.geometry = geometry
+
+
+def _encode_backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+    """First derivatives only (the kernels have no double backward; the ``torch`` backend has)."""
+    x, params = ctx.saved_tensors
+    need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_params, grad_x = hashgrid_encode_backward(x, params, grad_out.float().contiguous(), *ctx.geometry,
+                                                   need_params, need_x)
+    return (grad_x if need_x else None), (grad_params if need_params else None), None, None, None, None, None
+
+
+hashgrid_encode.register_autograd(_encode_backward, setup_context=_encode_setup_context)
 
 
 def _stream(x: torch.Tensor) -> int:
@@ -249,6 +281,7 @@ class HashGrid(nn.Module):
         self.backend: Backend = backend
         self.params = nn.Parameter(torch.empty(self.geometry.parameter_count))
         self._tcnn: Any = None
+        self._kernel_args = self.geometry.kernel_args()  # built once: no per-call list building in forward
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -293,7 +326,7 @@ class HashGrid(nn.Module):
         elif backend == "tcnn":
             out = self._tcnn_forward(x)
         else:
-            out = _KernelEncoding.apply(x.float().contiguous(), self.params, self.geometry, load_kernel())
+            out = hashgrid_encode(x.float().contiguous(), self.params, *self._kernel_args)
         return out.reshape(*batch_shape, self.output_dim)
 
     def _tcnn_forward(self, x: torch.Tensor) -> torch.Tensor:
