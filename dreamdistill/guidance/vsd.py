@@ -26,6 +26,7 @@ from dreamdistill.guidance.sds import (
     SDS,
     GuidanceConfig,
     distillation_gradient,
+    draw_device,
     nonfinite_elements,
     residual_rms,
     sample_timesteps,
@@ -171,10 +172,11 @@ class LoRACritic(torch.nn.Module):
             low, high = self.config.t_range
             t = sample_timesteps(batch, low, high, schedule.num_train_timesteps, generator)
         t = t.to(x0.device)
-        eps = torch.randn(x0.shape, generator=generator).to(x0) if eps is None else eps.to(x0)
+        device = draw_device(generator)
+        eps = torch.randn(x0.shape, generator=generator, device=device).to(x0) if eps is None else eps.to(x0)
         alpha, sigma = schedule.alpha_sigma(t)
         x_t = add_noise(x0=x0.float(), eps=eps.float(), alpha=alpha, sigma=sigma)
-        drop = torch.rand(batch, generator=generator).to(x0.device) < self.config.condition_dropout
+        drop = torch.rand(batch, generator=generator, device=device).to(x0.device) < self.config.condition_dropout
         text = torch.where(drop[:, None, None], self.teacher.uncond_embedding(batch), text)
         camera = torch.where(drop[:, None], torch.zeros_like(camera), camera)
         return denoising_loss(self.network(x_t, t, text, camera), x0=x0, eps=eps, alpha=alpha, sigma=sigma,
@@ -184,10 +186,12 @@ class LoRACritic(torch.nn.Module):
 class VSD(SDS):
     """VSD: SDS's noising and surrogate loss, with the critic's ε̂ in place of the sampled ε."""
 
-    def __init__(self, teacher, prompt: str, config: GuidanceConfig, critic_config: CriticConfig):
+    def __init__(self, teacher, prompt: str, config: GuidanceConfig, critic_config: CriticConfig,
+                 fused_optimizer: bool = False):
         super().__init__(teacher, prompt, config)
         self.critic = LoRACritic(teacher, critic_config)
-        self.critic_optimizer = torch.optim.AdamW(self.critic.trainable_parameters(), lr=critic_config.learning_rate)
+        self.critic_optimizer = torch.optim.AdamW(self.critic.trainable_parameters(), lr=critic_config.learning_rate,
+                                                  fused=fused_optimizer or None)
 
     def __call__(self, images: torch.Tensor, views: list[str] | None = None, progress: float = 0.0,
                  generator: torch.Generator | None = None, camera: torch.Tensor | None = None):
@@ -207,20 +211,24 @@ class VSD(SDS):
                 "camera": camera, "nonfinite": nonfinite_elements(eps_teacher, eps_critic)}
 
     def train_critic(self, model_x: torch.Tensor, text: torch.Tensor, camera: torch.Tensor,
-                     generator: torch.Generator | None = None) -> float:
-        """Several DSM steps of the critic on the current (detached) renders in model space."""
+                     generator: torch.Generator | None = None, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """Several DSM steps of the critic on the current (detached) renders in model space; returns their mean
+        loss (0-dim tensor). ``skip`` (0-dim float tensor, fused optimiser only): where it is 1 the optimiser
+        leaves weights and state as they were, decided on the device without a host sync."""
         losses = []
         for _ in range(self.critic.config.steps_per_scene_step):
             loss = self.critic.denoising_loss(model_x.detach(), text, camera, generator)
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.critic_optimizer.found_inf = skip
             self.critic_optimizer.step()
-            losses.append(loss.item())
-        return sum(losses) / len(losses)
+            losses.append(loss.detach())
+        return torch.stack(losses).mean()
 
-    def after_step(self, result: dict, generator: torch.Generator | None = None) -> dict[str, float]:
-        """The critic's DSM steps on this step's renders."""
-        return {"critic_loss": self.train_critic(result["model_x"], result["text"], result["camera"], generator)}
+    def after_step(self, result: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The critic's DSM steps on this step's renders (skipped on the device where ``result["skip"]`` is 1)."""
+        return {"critic_loss": self.train_critic(result["model_x"], result["text"], result["camera"], generator,
+                                                 skip=result.get("skip"))}
 
     def state_dict(self) -> dict:
         return {"critic": self.critic.adapter_state_dict(), "critic_optimizer": self.critic_optimizer.state_dict()}
