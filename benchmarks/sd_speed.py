@@ -19,7 +19,7 @@ warm-up and the occupancy grid's warm-up), after ``--warmup`` untimed steps (com
 ``warmup_s``). Writes ``benchmarks/results/sd_speed_<gpu>.json``.
 
 ``--device cpu`` runs a tiny version (a 16-px SD-shaped teacher like the tests', 16² renders, a small scene, the
-"aot_eager" compile backend) as a smoke test of this script: its figures are not speed claims.
+"aot_eager_decomp_partition" compile backend) as a smoke test of this script: its figures are not speed claims.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ import torch
 
 from dreamdistill.config import load_config
 from dreamdistill.diffusion.teacher import Teacher, minilm_path
-from dreamdistill.lift3d import LiftConfig, Lifter
-from dreamdistill.lift3d import fast_path
+from dreamdistill.lift3d import LiftConfig, Lifter, fast_path
 from dreamdistill.machine import device_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +181,8 @@ def main() -> None:
     args.steps = args.steps or (2 if cpu else 20)
     args.warmup = args.warmup or (1 if cpu else 5)
     if cpu:
-        fast_path.COMPILE_BACKEND = "aot_eager"  # inductor would spend minutes compiling C++ for a smoke test
+        fast_path.COMPILE_BACKEND = "aot_eager_decomp_partition"  # inductor: minutes of C++ compiling for a smoke test
+    torch._dynamo.config.recompile_limit = 64  # one teacher serves every case: each batch shape is a graph
     shape = TINY_SHAPE if cpu else SD21_BASE_SHAPE
     default_dir = Path(tempfile.gettempdir()) / f"dreamdistill-sd-speed-{'tiny' if cpu else 'sd21-base'}-teacher"
     folder = write_sd_shaped_teacher(args.teacher_dir or default_dir, shape)
@@ -202,8 +202,8 @@ def main() -> None:
     payload = {
         "benchmark": "sd_speed",
         "smoke_test_only": cpu,
-        "note": ("CPU smoke test of the script on a tiny 16-px SD-shaped teacher with 16² renders and the aot_eager "
-                 "compile backend: these figures are not speed claims" if cpu else
+        "note": ("CPU smoke test of the script on a tiny 16-px SD-shaped teacher with 16² renders and the "
+                 "aot_eager_decomp_partition compile backend: these figures are not speed claims" if cpu else
                  "random-weight SD-2.1-base-shaped teacher, fp16; configs/sd-METHOD.yaml with render.batch_size = "
                  "views; inductor with CUDA graphs (reduce-overhead) on the optimised path"),
         "teacher_shape": "tiny" if cpu else "sd-2.1-base",

@@ -21,7 +21,8 @@ import torch
 from dreamdistill.guidance.sds import Optimise
 
 COMPILE_BACKEND = "inductor"
-"""``torch.compile`` backend of the teacher's calls (tests use "aot_eager": it traces the same graphs, fast)."""
+"""``torch.compile`` backend of the teacher's calls (CPU tests use "aot_eager_decomp_partition": the same traced
+graphs run by eager kernels, no C++ compiling)."""
 LOG_EVERY = 25
 """With the fast path, steps between log writes (each write is one host sync)."""
 GUIDANCE_SEED_OFFSET = 1
