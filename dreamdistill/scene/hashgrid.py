@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from dreamdistill.scene.kernel import kernel_has_cuda, load_kernel
 
@@ -182,27 +183,27 @@ def hash_grid_reference(x: torch.Tensor, params: torch.Tensor, geometry: GridGeo
 # ---- our kernels --------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("dreamdistill::hashgrid_encode", mutates_args=())
-def hashgrid_encode(x: torch.Tensor, params: torch.Tensor, offsets: list[int], sizes: list[int],
-                    resolutions: list[int], scales: list[float], features: int) -> torch.Tensor:
-    """Our C++/CUDA kernel as a ``torch.library`` op: x [N, 3] float32, params [P] float32 -> [N, L * F].
+# The kernel as torch.library ops (namespace "dreamdistill"), defined with the low-level Library API rather than
+# @custom_op: the same schema, fake implementation and autograd formula for torch.compile, without custom_op's eager
+# wrapper, which imports torch._dynamo on the first call (seconds on a busy CPU) and costs a little on every call.
+_LIBRARY = torch.library.Library("dreamdistill", "DEF")
+_LIBRARY.define("hashgrid_encode(Tensor x, Tensor params, int[] offsets, int[] sizes, int[] resolutions, "
+                "float[] scales, int features) -> Tensor")
+_LIBRARY.define("hashgrid_encode_backward(Tensor x, Tensor params, Tensor grad_out, int[] offsets, int[] sizes, "
+                "int[] resolutions, float[] scales, int features, bool need_params, bool need_x) -> (Tensor, Tensor)")
 
-    ``torch.compile`` traces through it (shapes from :func:`_hashgrid_encode_fake`) without a graph break; the
-    CUDA stream is read when the op runs, never baked into a graph (so CUDA-graph capture uses its own stream).
-    """
+
+def _encode_impl(x: torch.Tensor, params: torch.Tensor, offsets: list[int], sizes: list[int],
+                 resolutions: list[int], scales: list[float], features: int) -> torch.Tensor:
+    """x [N, 3] float32, params [P] float32 -> [N, L * F]; the CUDA stream is read when the op runs, never baked
+    into a traced graph (so CUDA-graph capture uses its own stream)."""
     with _device_scope(x):
         return load_kernel().forward(x, params, offsets, sizes, resolutions, scales, features, _stream(x))
 
 
-@hashgrid_encode.register_fake
-def _hashgrid_encode_fake(x, params, offsets, sizes, resolutions, scales, features):
-    return x.new_empty((x.shape[0], len(scales) * features))
-
-
-@torch.library.custom_op("dreamdistill::hashgrid_encode_backward", mutates_args=())
-def hashgrid_encode_backward(x: torch.Tensor, params: torch.Tensor, grad_out: torch.Tensor, offsets: list[int],
-                             sizes: list[int], resolutions: list[int], scales: list[float], features: int,
-                             need_params: bool, need_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_backward_impl(x: torch.Tensor, params: torch.Tensor, grad_out: torch.Tensor, offsets: list[int],
+                          sizes: list[int], resolutions: list[int], scales: list[float], features: int,
+                          need_params: bool, need_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(d loss / d params [P], d loss / d x [N, 3]); a gradient not asked for comes back empty ([0] / [0, 3])."""
     with _device_scope(x):
         grad_params, grad_x = load_kernel().backward(x, params, grad_out, offsets, sizes, resolutions, scales,
@@ -210,7 +211,17 @@ def hashgrid_encode_backward(x: torch.Tensor, params: torch.Tensor, grad_out: to
     return (grad_params if need_params else params.new_empty(0)), (grad_x if need_x else x.new_empty((0, 3)))
 
 
-@hashgrid_encode_backward.register_fake
+for _key in ("CPU", "CUDA"):
+    _LIBRARY.impl("hashgrid_encode", _encode_impl, _key)
+    _LIBRARY.impl("hashgrid_encode_backward", _encode_backward_impl, _key)
+
+
+@torch.library.register_fake("dreamdistill::hashgrid_encode", lib=_LIBRARY)
+def _hashgrid_encode_fake(x, params, offsets, sizes, resolutions, scales, features):
+    return x.new_empty((x.shape[0], len(scales) * features))
+
+
+@torch.library.register_fake("dreamdistill::hashgrid_encode_backward", lib=_LIBRARY)
 def _hashgrid_encode_backward_fake(x, params, grad_out, offsets, sizes, resolutions, scales, features, need_params,
                                    need_x):
     return params.new_empty(params.shape if need_params else (0,)), x.new_empty(x.shape if need_x else (0, 3))
@@ -226,12 +237,37 @@ def _encode_backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
     """First derivatives only (the kernels have no double backward; the ``torch`` backend has)."""
     x, params = ctx.saved_tensors
     need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    grad_params, grad_x = hashgrid_encode_backward(x, params, grad_out.float().contiguous(), *ctx.geometry,
-                                                   need_params, need_x)
+    grad_params, grad_x = torch.ops.dreamdistill.hashgrid_encode_backward(
+        x, params, grad_out.float().contiguous(), *ctx.geometry, need_params, need_x)
     return (grad_x if need_x else None), (grad_params if need_params else None), None, None, None, None, None
 
 
-hashgrid_encode.register_autograd(_encode_backward, setup_context=_encode_setup_context)
+torch.library.register_autograd("dreamdistill::hashgrid_encode", _encode_backward, setup_context=_encode_setup_context,
+                                lib=_LIBRARY)
+hashgrid_encode = torch.ops.dreamdistill.hashgrid_encode.default
+"""Our C++/CUDA kernel as a ``torch.library`` op: ``torch.compile`` traces through it (fake implementation above)
+without a graph break; first derivatives in x and params."""
+hashgrid_encode_backward = torch.ops.dreamdistill.hashgrid_encode_backward.default
+
+
+class _EagerKernelEncoding(torch.autograd.Function):
+    """The same kernel calls as :data:`hashgrid_encode` for eager mode, without the Python-op dispatch (about
+    0.1 ms less per forward and backward on a CPU)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, params: torch.Tensor, kernel_args: KernelArgs) -> torch.Tensor:
+        ctx.save_for_backward(x, params)
+        ctx.kernel_args = kernel_args
+        return _encode_impl(x, params, *kernel_args)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, params = ctx.saved_tensors
+        need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_params, grad_x = _encode_backward_impl(x, params, grad_out.float().contiguous(), *ctx.kernel_args,
+                                                    need_params, need_x)
+        return (grad_x if need_x else None), (grad_params if need_params else None), None
 
 
 def _stream(x: torch.Tensor) -> int:
@@ -326,7 +362,11 @@ class HashGrid(nn.Module):
         elif backend == "tcnn":
             out = self._tcnn_forward(x)
         else:
-            out = hashgrid_encode(x.float().contiguous(), self.params, *self._kernel_args)
+            x = x.float().contiguous()
+            if torch.compiler.is_compiling():  # the registered op: traced through, no graph break
+                out = hashgrid_encode(x, self.params, *self._kernel_args)
+            else:
+                out = _EagerKernelEncoding.apply(x, self.params, self._kernel_args)
         return out.reshape(*batch_shape, self.output_dim)
 
     def _tcnn_forward(self, x: torch.Tensor) -> torch.Tensor:
