@@ -14,9 +14,11 @@ sync in the teacher, guidance and optimiser parts), it times per step:
   UNet's CFG pass; for VSD the critic's pass and its DSM training step), no scene, no renderer;
 - ``step_s``: a whole :meth:`Lifter.step` (render, guidance, regularisers, Adam; the critic's step for VSD);
 
-and the peak GPU memory of each. Steps are timed from ``start = steps // 5`` of the preset's run (after the albedo
-warm-up and the occupancy grid's warm-up), after ``--warmup`` untimed steps (compiling happens there: its time is
-``warmup_s``). Writes ``benchmarks/results/sd_speed_<gpu>.json``.
+and the peak GPU memory of each, and how many synchronising CUDA calls one more step makes (``host_syncs``,
+counted with ``torch.cuda.set_sync_debug_mode``; the renderer's own remain). Steps are timed from
+``start = steps // 5`` of the preset's run (after the albedo warm-up and the occupancy grid's warm-up), after
+``--warmup`` untimed steps (compiling happens there: its time is ``warmup_s``).
+Writes ``benchmarks/results/sd_speed_<gpu>.json``.
 
 ``--device cpu`` runs a tiny version (a 16-px SD-shaped teacher like the tests', 16² renders, a small scene, the
 "aot_eager_decomp_partition" compile backend) as a smoke test of this script: its figures are not speed claims.
@@ -30,6 +32,7 @@ import re
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +119,20 @@ def timed_steps(fn, steps: range, warmup: int, device: torch.device) -> tuple[fl
     return statistics.median(times), warmup_s
 
 
+def host_syncs(fn, step: int, device: torch.device) -> int | None:
+    """How many synchronising CUDA calls one more ``fn(step)`` makes (``torch.cuda.set_sync_debug_mode``)."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn(step)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
 def floor_call(lifter: Lifter, views: int, resolution: int, device: torch.device):
     """The teacher's calls of one step on fixed renders: guidance forward, backward into the renders (through the
     VAE encoder), and for VSD the critic's training step."""
@@ -155,6 +172,7 @@ def measure(teacher: Teacher, method: str, views: int, optimised: bool, args, de
         lifter = Lifter(config, teacher)
         fn = floor_call(lifter, views, config.render.resolution, device) if part == "floor" else lifter.step
         seconds, warmup_s = timed_steps(fn, steps, args.warmup, device)
+        row[f"{part}_host_syncs"] = host_syncs(fn, steps[-1] + 1, device)
         lifter.close()
         row[f"{part}_s"], row[f"{part}_warmup_s"] = round(seconds, 5), round(warmup_s, 2)
         row[f"{part}_per_s"] = round(1 / seconds, 2)

@@ -4,6 +4,8 @@ With the fast path a :class:`~dreamdistill.lift3d.lifter.Lifter` step
 
 - runs the teacher's fixed-shape calls compiled (:meth:`Teacher.compile`: UNet, VAE encoder with its backward;
   CUDA graphs on a GPU, shapes kept static);
+- for VSD, gets ε̂_teacher and ε̂_critic from one UNet call (a mixed batch: the critic's LoRA term and camera
+  offset switched per row, :meth:`VSD.teacher_and_critic_eps`), so the adapter is never toggled between calls;
 - steps the scene and the VSD critic with fused Adam / AdamW, and skips a non-finite step on the device (the
   optimisers' ``found_inf``: weights, moments and step counts stay as they were) instead of asking the host;
 - draws the guidance's randomness (timesteps, noise, critic draws) on the device from a generator seeded by the

@@ -33,10 +33,11 @@ def field_digest(field) -> str:
     return digest.hexdigest()
 
 
-def make_guidance(config: LiftConfig, teacher, fused_optimizer: bool = False) -> SDS:
-    """The guidance of ``config.method``: SDS, or VSD (SDS with a LoRA critic) for "vsd"."""
+def make_guidance(config: LiftConfig, teacher, fast: bool = False) -> SDS:
+    """The guidance of ``config.method``: SDS, or VSD (SDS with a LoRA critic) for "vsd" (``fast``: fused AdamW
+    and one UNet call for the teacher's and the critic's predictions)."""
     if config.method == "vsd":
-        return VSD(teacher, config.prompt, config.guidance, config.critic, fused_optimizer=fused_optimizer)
+        return VSD(teacher, config.prompt, config.guidance, config.critic, fast=fast)
     return SDS(teacher, config.prompt, config.guidance)
 
 
@@ -60,7 +61,7 @@ class Lifter:
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=self.fast_path or None)
         if self.fast_path:
             fast_path.compile_teacher(teacher)
-        self.guidance = make_guidance(config, teacher, fused_optimizer=self.fast_path)
+        self.guidance = make_guidance(config, teacher, fast=self.fast_path)
         self.nonfinite_steps = 0
         self.initial_digest = field_digest(self.field)
         """The field's parameters at initialisation (the same for a resumed run: same seed)."""
