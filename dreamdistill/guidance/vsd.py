@@ -120,8 +120,11 @@ class LoRACritic(torch.nn.Module):
         return output * self._rows.reshape(-1, *([1] * (output.dim() - 1))).to(output.dtype)
 
     def close(self) -> None:
-        """Remove the adapter and the hooks: the teacher's UNet is exactly as before the critic."""
+        """Remove the adapter and the hooks: the teacher's UNet is exactly as before the critic (idempotent)."""
+        if self._hook is None:
+            return
         self._hook.remove()
+        self._hook = None
         for hook in self._row_hooks:
             hook.remove()
         self.teacher.unet.delete_adapters(ADAPTER_NAME)

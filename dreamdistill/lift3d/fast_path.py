@@ -64,6 +64,20 @@ def nonfinite_flag(loss: torch.Tensor, result: dict, parameters: list[torch.Tens
     return (~finite).float()
 
 
+def keep_optimizer_mode(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """After ``load_state_dict`` (whose checkpoint may come from the other path, which it copies the flags of):
+    the optimiser's own mode back, and its step counters where that mode keeps them (the parameter's device when
+    fused, the CPU otherwise)."""
+    for group in optimizer.param_groups:
+        group["fused"] = fused or None
+        if fused:
+            group["foreach"] = None
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(parameter.device if fused else "cpu", torch.float32)
+
+
 def cudagraph_step_begin(device: torch.device) -> None:
     """Tell torch.compile's CUDA-graph trees that a new training iteration starts (their outputs may be reused)."""
     if device.type == "cuda":

@@ -172,9 +172,12 @@ class Lifter:
         self.field.load_state_dict(state["field"])
         self.background.load_state_dict(state["background"])
         self.optimizer.load_state_dict(state["optimizer"])
+        fast_path.keep_optimizer_mode(self.optimizer, self.fast_path)
         if self.occupancy is not None and state.get("occupancy") is not None:
             self.occupancy.load_state_dict(state["occupancy"])
         self.guidance.load_state_dict(state)
+        if hasattr(self.guidance, "critic_optimizer"):
+            fast_path.keep_optimizer_mode(self.guidance.critic_optimizer, self.fast_path)
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
     def close(self) -> None:
