@@ -175,3 +175,25 @@ def test_fast_path_resumes_exactly(make_lifter):
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
     resumed.close()
+
+
+def test_a_fast_run_logs_every_step_and_finishes(tiny_sd_teacher_dir, tmp_path, monkeypatch):
+    """`dreamdistill ... --set guidance.optimise=true`: the loop keeps the stats on the device between log writes
+    (every LOG_EVERY steps, and at checkpoints) and still logs each step once, in order, as numbers."""
+    from dreamdistill import cli
+    from dreamdistill.fileio import read_jsonl
+    from dreamdistill.lift3d import run as run_module
+
+    monkeypatch.setattr(run_module, "LOG_EVERY", 2)
+    argv = ["a red chair", "--teacher", str(tiny_sd_teacher_dir), "--out", str(tmp_path), "--device", "cpu",
+            "--steps", "5", "--set", "guidance.optimise=true", "--set", "checkpoint_every=4", "--set",
+            "validate_every=0", "--set", "export.resolution=24", "--set", "export.coarse_resolution=16",
+            "--set", "view_resolution=16", "--set", "turntable_frames=2", "--set", "metric_views=4"]
+    for override in TINY:
+        argv += ["--set", override]
+    assert cli.main(argv) == 0
+    (run_dir,) = list(tmp_path.iterdir())
+    records = read_jsonl(run_dir / "log.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+    assert all(isinstance(r["loss"], float) and r["nonfinite"] == 0.0 for r in records)
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 5
