@@ -106,3 +106,27 @@ def test_view_contrast_matches_separate_passes(pixel):
         plain = SDS(pixel, "a red chair", GuidanceConfig(guidance_scale=6.0)).teacher_eps(x_t, t, text, views)
         torch.testing.assert_close(plain, pixel.predict_eps(x_t, t, text, 6.0))
         assert not torch.allclose(plain, batched)
+
+
+@pytest.mark.parametrize("critic_scale", [1.0, 2.5])
+def test_one_call_gives_the_separate_teacher_and_critic_predictions(pixel, critic_scale):
+    """VSD's mixed-batch call (the fast path: teacher rows with the LoRA term and the camera offset multiplied by 0)
+    gives the separate calls' guided ε̂_teacher and ε̂_critic, for a critic whose LoRA and camera MLP are not zero;
+    afterwards the UNet is the plain teacher again."""
+    vsd = VSD(pixel, "a red chair", GuidanceConfig(guidance_scale=7.5), CriticConfig(guidance_scale=critic_scale),
+              fast=True)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in vsd.critic.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    x_t, t = torch.randn(2, 3, 16, 16, generator=generator), torch.tensor([300, 700])
+    text, camera = pixel.encode_text(["a red chair, front view", "a red chair, back view"]), torch.randn(2, 6)
+    assert vsd.one_call_applies(["front", "back"])
+    with torch.no_grad():
+        teacher, critic = vsd.teacher_and_critic_eps(x_t, t, text, camera)
+        torch.testing.assert_close(teacher, vsd.teacher_eps(x_t, t, text, None), atol=1e-5, rtol=1e-4)
+        separate_critic = vsd.critic.predict_eps(x_t, t, text, camera)
+        torch.testing.assert_close(critic, separate_critic, atol=1e-5, rtol=1e-4)
+        assert (critic - teacher).abs().max() > 1e-2  # the critic is not the teacher here
+        torch.testing.assert_close(pixel.predict_eps(x_t, t, text, 7.5), teacher, atol=1e-5, rtol=1e-4)
+    vsd.close()

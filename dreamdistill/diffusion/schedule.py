@@ -7,7 +7,7 @@ runs in float32 or wider and the results are cast back by the callers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -29,6 +29,8 @@ class NoiseSchedule:
     prediction_type: PredictionType
     timestep_spacing: TimestepSpacing = "leading"
     steps_offset: int = 0
+    _device_tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    """``alphas_cumprod`` per device, copied once (no host-to-device copy per call)."""
 
     @classmethod
     def from_scheduler(cls, scheduler) -> NoiseSchedule:
@@ -51,7 +53,9 @@ class NoiseSchedule:
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         """ᾱ_t for integer timesteps; t < 0 means "after the last step" (final ᾱ)."""
         t = torch.as_tensor(t)
-        table = self.alphas_cumprod.to(t.device)
+        table = self._device_tables.get(t.device)
+        if table is None:
+            table = self._device_tables.setdefault(t.device, self.alphas_cumprod.to(t.device))
         values = table[t.clamp(min=0).long()]
         return torch.where(t < 0, torch.full_like(values, self.final_alpha_cumprod), values)
 

@@ -218,6 +218,21 @@ class Teacher:
         self.schedule = NoiseSchedule.from_scheduler(scheduler)
         self.text_encoder, self.codec, self.info = text_encoder, codec, info
         self.device, self.dtype = device, dtype
+        self.compiled = False
+        """Whether :meth:`compile` has run (the UNet and VAE encoder are then ``torch.compile``d in place)."""
+
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> None:
+        """``torch.compile`` the fixed-shape network calls in place, with static shapes: the UNet and, for a latent
+        teacher, the VAE encoder (whose backward carries the renders' gradient). ``mode="reduce-overhead"`` also
+        captures them as CUDA graphs. Each distinct shape or mode (e.g. CFG batch, critic adapter on/off, with or
+        without grad) compiles once, on first use. Idempotent."""
+        if self.compiled:
+            return
+        options = {"backend": backend, "mode": mode, "dynamic": False}
+        self.unet.compile(**options)
+        if isinstance(self.codec, LatentCodec):
+            self.codec.vae.encoder.compile(**options)
+        self.compiled = True
 
     # ----------------------------------------------------------------- loading
     @classmethod

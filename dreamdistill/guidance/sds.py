@@ -11,6 +11,8 @@ from dreamdistill.config import Range
 from dreamdistill.diffusion.schedule import add_noise
 
 Weighting = Literal["sigma_sq", "uniform", "sds_snr"]
+Optimise = Literal["auto", True, False]
+"""auto, or true / false (YAML also reads on / off as true / false)."""
 
 
 @dataclass
@@ -31,6 +33,12 @@ class GuidanceConfig:
     """Append ", front/side/back/overhead view" to the prompt from each camera."""
     view_contrast: Annotated[float, Range(0, 1000)] = 0.0
     """w_v of the view-contrast term w_v (ε̂(y_view) − ε̂(y_other views)) (0: off; one extra batched pass)."""
+    optimise: Optimise = "auto"
+    """The fast step (:mod:`dreamdistill.lift3d.fast_path`): teacher UNet and VAE encoder compiled (CUDA graphs on
+    a GPU), fused Adam, the guidance's random draws on the device, no host sync inside a step (the log is written
+    every few steps). auto: on for a latent (Stable-Diffusion-class) teacher on CUDA, off otherwise (a toy-teacher
+    step is too short to repay compiling); true / on, false / off force it. On a GPU it draws a different (still
+    seeded, resumable) noise stream."""
 
 
 def timestep_range(config: GuidanceConfig, progress: float) -> tuple[float, float]:
@@ -40,10 +48,16 @@ def timestep_range(config: GuidanceConfig, progress: float) -> tuple[float, floa
     return tuple(a + (b - a) * progress for a, b in zip(start, end))
 
 
+def draw_device(generator: torch.Generator | None) -> torch.device:
+    """Where random draws are made: on the generator's device (a CUDA generator keeps them on the GPU, no copy)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def sample_timesteps(batch: int, t_min: float, t_max: float, num_train: int, generator=None) -> torch.Tensor:
-    """Integer timesteps uniform in [t_min·T, t_max·T] (fractions of the train steps)."""
+    """Integer timesteps uniform in [t_min·T, t_max·T] (fractions of the train steps), on the generator's device."""
     low, high = int(t_min * num_train), max(int(t_max * num_train), int(t_min * num_train) + 1)
-    return torch.randint(low, min(high, num_train - 1) + 1, (batch,), generator=generator)
+    return torch.randint(low, min(high, num_train - 1) + 1, (batch,), generator=generator,
+                         device=draw_device(generator))
 
 
 def timestep_weight(alpha: torch.Tensor, sigma: torch.Tensor, weighting: Weighting) -> torch.Tensor:
@@ -166,7 +180,7 @@ class SDS:
         t_min, t_max = timestep_range(self.config, progress)
         t = sample_timesteps(x.shape[0], t_min, t_max, self.teacher.schedule.num_train_timesteps, generator)
         t = t.to(self.teacher.device)
-        eps = torch.randn(x.shape, generator=generator).to(x)
+        eps = torch.randn(x.shape, generator=generator, device=draw_device(generator)).to(x)
         alpha, sigma = self.teacher.schedule.alpha_sigma(t)
         return x, t, eps, add_noise(x0=x.detach().float(), eps=eps.float(), alpha=alpha, sigma=sigma), alpha, sigma
 

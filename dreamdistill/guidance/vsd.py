@@ -19,13 +19,14 @@ from typing import Annotated
 import torch
 
 from dreamdistill.config import Range
-from dreamdistill.diffusion.denoiser import Denoiser
+from dreamdistill.diffusion.denoiser import Denoiser, Prediction, classifier_free_guidance
 from dreamdistill.diffusion.dsm import denoising_loss
 from dreamdistill.diffusion.schedule import add_noise
 from dreamdistill.guidance.sds import (
     SDS,
     GuidanceConfig,
     distillation_gradient,
+    draw_device,
     nonfinite_elements,
     residual_rms,
     sample_timesteps,
@@ -94,7 +95,11 @@ class LoRACritic(torch.nn.Module):
         time_dim = unet.time_embedding.linear_2.out_features
         self.camera_embedding = CameraEmbedding(time_dim).to(teacher.device)
         self._camera: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
+        """Per-row switch [N] of a mixed call (1: critic row, 0: frozen-teacher row); None: every row is the critic."""
         self._hook = unet.time_embedding.register_forward_hook(self._add_camera)
+        self._row_hooks = [layer.lora_B[ADAPTER_NAME].register_forward_hook(self._mask_rows)
+                           for layer in self._lora_layers if ADAPTER_NAME in getattr(layer, "lora_B", {})]
         self._switch(False)
 
     def _switch(self, on: bool) -> None:
@@ -105,11 +110,23 @@ class LoRACritic(torch.nn.Module):
     def _add_camera(self, module, inputs, output):
         if self._camera is None:
             return output
-        return output + self.camera_embedding(self._camera).to(output.dtype)
+        offset = self.camera_embedding(self._camera).to(output.dtype)
+        return output + (offset if self._rows is None else offset * self._rows[:, None].to(offset.dtype))
+
+    def _mask_rows(self, module, inputs, output):
+        """The LoRA term of each row times its switch (a teacher row's term is exactly 0)."""
+        if self._rows is None:
+            return output
+        return output * self._rows.reshape(-1, *([1] * (output.dim() - 1))).to(output.dtype)
 
     def close(self) -> None:
-        """Remove the adapter and the camera hook: the teacher's UNet is exactly as before the critic."""
+        """Remove the adapter and the hooks: the teacher's UNet is exactly as before the critic (idempotent)."""
+        if self._hook is None:
+            return
         self._hook.remove()
+        self._hook = None
+        for hook in self._row_hooks:
+            hook.remove()
         self.teacher.unet.delete_adapters(ADAPTER_NAME)
         self._lora_layers = []
 
@@ -148,6 +165,17 @@ class LoRACritic(torch.nn.Module):
         with self.active(camera):
             return self.teacher.model_output(x_t, t, text)
 
+    def mixed_output(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, camera: torch.Tensor,
+                     critic_rows: torch.Tensor) -> torch.Tensor:
+        """Raw outputs [N, C, H, W] of one UNet call in which the rows where ``critic_rows`` [N] is 1 are the critic
+        (LoRA term and camera offset on) and the others the frozen teacher (both multiplied by 0): peft's
+        mixed-batch idea, with the switch as a per-row factor so that the call keeps one static graph."""
+        self._rows = critic_rows
+        try:
+            return self.network(x_t, t, text, camera)
+        finally:
+            self._rows = None
+
     def denoiser(self) -> Denoiser:
         """The critic behind the project's one denoiser convention (its CFG drops text and camera together)."""
         return Denoiser(self.network, self.teacher.schedule, self.teacher.uncond_embedding)
@@ -171,10 +199,11 @@ class LoRACritic(torch.nn.Module):
             low, high = self.config.t_range
             t = sample_timesteps(batch, low, high, schedule.num_train_timesteps, generator)
         t = t.to(x0.device)
-        eps = torch.randn(x0.shape, generator=generator).to(x0) if eps is None else eps.to(x0)
+        device = draw_device(generator)
+        eps = torch.randn(x0.shape, generator=generator, device=device).to(x0) if eps is None else eps.to(x0)
         alpha, sigma = schedule.alpha_sigma(t)
         x_t = add_noise(x0=x0.float(), eps=eps.float(), alpha=alpha, sigma=sigma)
-        drop = torch.rand(batch, generator=generator).to(x0.device) < self.config.condition_dropout
+        drop = torch.rand(batch, generator=generator, device=device).to(x0.device) < self.config.condition_dropout
         text = torch.where(drop[:, None, None], self.teacher.uncond_embedding(batch), text)
         camera = torch.where(drop[:, None], torch.zeros_like(camera), camera)
         return denoising_loss(self.network(x_t, t, text, camera), x0=x0, eps=eps, alpha=alpha, sigma=sigma,
@@ -184,10 +213,53 @@ class LoRACritic(torch.nn.Module):
 class VSD(SDS):
     """VSD: SDS's noising and surrogate loss, with the critic's ε̂ in place of the sampled ε."""
 
-    def __init__(self, teacher, prompt: str, config: GuidanceConfig, critic_config: CriticConfig):
+    def __init__(self, teacher, prompt: str, config: GuidanceConfig, critic_config: CriticConfig,
+                 fast: bool = False):
         super().__init__(teacher, prompt, config)
         self.critic = LoRACritic(teacher, critic_config)
-        self.critic_optimizer = torch.optim.AdamW(self.critic.trainable_parameters(), lr=critic_config.learning_rate)
+        self.critic_optimizer = torch.optim.AdamW(self.critic.trainable_parameters(), lr=critic_config.learning_rate,
+                                                  fused=fast or None)
+        self.one_call = fast
+        """ε̂_teacher and ε̂_critic from one UNet call (:meth:`teacher_and_critic_eps`) where the settings allow."""
+
+    def teacher_and_critic_eps(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                               camera: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ε̂_teacher(x_t; y, w) and ε̂_critic(x_t; y, c, w_critic) from one UNet call (:meth:`LoRACritic.mixed_output`)
+        on the rows [teacher uncond, teacher cond, critic uncond, critic cond] (an unguided side, w = 1, has its
+        cond rows only; the critic's uncond rows drop text and camera), each CFG on the raw output as in
+        :class:`Denoiser`. The same predictions as :meth:`teacher_eps` and :meth:`LoRACritic.predict_eps`."""
+        batch, device = x_t.shape[0], x_t.device
+        w_teacher, w_critic = self.config.guidance_scale, self.critic.config.guidance_scale
+        uncond, no_camera = self.teacher.uncond_embedding(batch), torch.zeros_like(camera)
+        blocks = {"teacher_uncond": (uncond, no_camera, 0.0), "teacher": (text, no_camera, 0.0),
+                  "critic_uncond": (uncond, no_camera, 1.0), "critic": (text, camera, 1.0)}
+        if w_teacher == 1.0:
+            del blocks["teacher_uncond"]
+        if w_critic == 1.0:
+            del blocks["critic_uncond"]
+        rows = torch.cat([torch.full((batch,), flag, device=device) for _, _, flag in blocks.values()])
+        out = self.critic.mixed_output(x_t.repeat(len(blocks), 1, 1, 1), t.repeat(len(blocks)),
+                                       torch.cat([b[0] for b in blocks.values()]),
+                                       torch.cat([b[1] for b in blocks.values()]), rows)
+        out = dict(zip(blocks, out.chunk(len(blocks))))
+
+        def guided(name: str, w: float) -> torch.Tensor:
+            if w == 1.0:
+                return out[name]
+            return classifier_free_guidance(out[f"{name}_uncond"], out[name], torch.tensor(w, device=device))
+
+        alpha, sigma = self.teacher.schedule.alpha_sigma(t)
+
+        def eps(raw: torch.Tensor) -> torch.Tensor:
+            return Prediction(raw, x_t.float(), alpha, sigma, self.teacher.schedule.prediction_type).eps
+
+        return eps(guided("teacher", w_teacher)), eps(guided("critic", w_critic))
+
+    def one_call_applies(self, views: list[str] | None) -> bool:
+        """Whether :meth:`teacher_and_critic_eps` can stand in for the separate calls (plain CFG teacher, no view
+        contrast)."""
+        contrast = self.config.view_contrast and views is not None and self.config.view_prompts
+        return self.one_call and not contrast and not self.teacher.info.guidance_embedding
 
     def __call__(self, images: torch.Tensor, views: list[str] | None = None, progress: float = 0.0,
                  generator: torch.Generator | None = None, camera: torch.Tensor | None = None):
@@ -198,8 +270,11 @@ class VSD(SDS):
         x, t, eps, x_t, alpha, sigma = self.noised(images, progress, generator)
         text = self.text_for(views, batch)
         with torch.no_grad():
-            eps_teacher = self.teacher_eps(x_t, t, text, views)
-            eps_critic = self.critic.predict_eps(x_t, t, text, camera)
+            if self.one_call_applies(views):
+                eps_teacher, eps_critic = self.teacher_and_critic_eps(x_t, t, text, camera)
+            else:
+                eps_teacher = self.teacher_eps(x_t, t, text, views)
+                eps_critic = self.critic.predict_eps(x_t, t, text, camera)
         weight = timestep_weight(alpha, sigma, self.config.weighting).float()
         grad = distillation_gradient(eps_teacher, eps_critic, weight, self.config.grad_clip)
         return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t,
@@ -207,20 +282,24 @@ class VSD(SDS):
                 "camera": camera, "nonfinite": nonfinite_elements(eps_teacher, eps_critic)}
 
     def train_critic(self, model_x: torch.Tensor, text: torch.Tensor, camera: torch.Tensor,
-                     generator: torch.Generator | None = None) -> float:
-        """Several DSM steps of the critic on the current (detached) renders in model space."""
+                     generator: torch.Generator | None = None, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """Several DSM steps of the critic on the current (detached) renders in model space; returns their mean
+        loss (0-dim tensor). ``skip`` (0-dim float tensor, fused optimiser only): where it is 1 the optimiser
+        leaves weights and state as they were, decided on the device without a host sync."""
         losses = []
         for _ in range(self.critic.config.steps_per_scene_step):
             loss = self.critic.denoising_loss(model_x.detach(), text, camera, generator)
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.critic_optimizer.found_inf = skip
             self.critic_optimizer.step()
-            losses.append(loss.item())
-        return sum(losses) / len(losses)
+            losses.append(loss.detach())
+        return torch.stack(losses).mean()
 
-    def after_step(self, result: dict, generator: torch.Generator | None = None) -> dict[str, float]:
-        """The critic's DSM steps on this step's renders."""
-        return {"critic_loss": self.train_critic(result["model_x"], result["text"], result["camera"], generator)}
+    def after_step(self, result: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The critic's DSM steps on this step's renders (skipped on the device where ``result["skip"]`` is 1)."""
+        return {"critic_loss": self.train_critic(result["model_x"], result["text"], result["camera"], generator,
+                                                 skip=result.get("skip"))}
 
     def state_dict(self) -> dict:
         return {"critic": self.critic.adapter_state_dict(), "critic_optimizer": self.critic_optimizer.state_dict()}

@@ -9,6 +9,7 @@ import torch
 
 from dreamdistill.guidance.sds import SDS
 from dreamdistill.guidance.vsd import VSD
+from dreamdistill.lift3d import fast_path
 from dreamdistill.lift3d.config import LiftConfig
 from dreamdistill.lift3d.regularizers import regularizer_losses
 from dreamdistill.lift3d.scene import build_scene, marching_step, render_orbit
@@ -32,10 +33,11 @@ def field_digest(field) -> str:
     return digest.hexdigest()
 
 
-def make_guidance(config: LiftConfig, teacher) -> SDS:
-    """The guidance of ``config.method``: SDS, or VSD (SDS with a LoRA critic) for "vsd"."""
+def make_guidance(config: LiftConfig, teacher, fast: bool = False) -> SDS:
+    """The guidance of ``config.method``: SDS, or VSD (SDS with a LoRA critic) for "vsd" (``fast``: fused AdamW
+    and one UNet call for the teacher's and the critic's predictions)."""
     if config.method == "vsd":
-        return VSD(teacher, config.prompt, config.guidance, config.critic)
+        return VSD(teacher, config.prompt, config.guidance, config.critic, fast=fast)
     return SDS(teacher, config.prompt, config.guidance)
 
 
@@ -54,21 +56,37 @@ class Lifter:
                    "lr": o.mlp_learning_rate}]
         for group in groups:
             group["initial_lr"] = group["lr"]
-        self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
-        self.guidance = make_guidance(config, teacher)
+        self.fast_path = fast_path.fast_path_enabled(config.guidance.optimise, teacher)
+        """The optimised step (:mod:`dreamdistill.lift3d.fast_path`): stats come back as device tensors."""
+        self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=self.fast_path or None)
+        if self.fast_path:
+            fast_path.compile_teacher(teacher)
+        self.guidance = make_guidance(config, teacher, fast=self.fast_path)
         self.nonfinite_steps = 0
-        """Steps skipped because their loss or gradient was NaN or infinite (saved in checkpoints)."""
         self.initial_digest = field_digest(self.field)
         """The field's parameters at initialisation (the same for a resumed run: same seed)."""
 
+    @property
+    def nonfinite_steps(self) -> int:
+        """Steps skipped because their loss or gradient was NaN or infinite (saved in checkpoints; on the fast path
+        the count lives on the device and reading it waits for the device)."""
+        return int(self._nonfinite_steps)
+
+    @nonfinite_steps.setter
+    def nonfinite_steps(self, value: int) -> None:
+        self._nonfinite_steps = value
+
     # -- one update
-    def step(self, step: int) -> dict[str, float]:
+    def step(self, step: int) -> dict[str, float] | dict[str, torch.Tensor]:
         """One scene update (and, for VSD, the critic's updates) at ``step`` of ``config.steps``.
 
         A step whose loss or gradients hold a NaN or an infinity (or whose guidance reports non-finite
         predictions) changes nothing — no optimiser step, so scene and Adam state stay as they were, and no
-        critic update — and is counted in :attr:`nonfinite_steps`; its stats say ``nonfinite: 1``."""
+        critic update — and is counted in :attr:`nonfinite_steps`; its stats say ``nonfinite: 1``. On the fast path
+        the same is decided on the device and the stats are 0-dim device tensors (no host sync)."""
         config, r = self.config, self.config.render
+        if self.fast_path:
+            fast_path.cudagraph_step_begin(self.device)
         progress = step / max(config.steps, 1)
         generator = torch.Generator().manual_seed(step_seed(config.seed, step))
         torch.manual_seed(step_seed(config.seed, step))  # global draws (e.g. a random background)
@@ -88,12 +106,16 @@ class Lifter:
                      occupancy=self.occupancy, step_size=self.step_size, stratified=True, generator=generator,
                      return_normals=config.regularizers.orientation > 0)
         views = cameras.view_labels()
-        result = self.guidance(out.image, views, progress, generator, camera=cameras.embedding())
+        guidance_generator = (fast_path.guidance_generator(step_seed(config.seed, step), generator, self.device)
+                              if self.fast_path else generator)
+        result = self.guidance(out.image, views, progress, guidance_generator, camera=cameras.embedding())
         model_elements = math.prod(self.teacher.model_shape)
         regularizers = regularizer_losses(config.regularizers, out, progress, model_elements)
         loss = sum(regularizers.values(), result["loss"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.fast_path:
+            return self._fast_update(loss, result, out, regularizers, guidance_generator)
         finite = int(result.get("nonfinite", 0)) == 0 and self.gradients_finite(loss)
         if finite:
             self.optimizer.step()
@@ -105,7 +127,21 @@ class Lifter:
                  "residual_rms": float(result["residual_rms"]), "nonfinite": float(not finite),
                  **{name: float(value.detach()) for name, value in regularizers.items()}}
         if finite:
-            stats.update(self.guidance.after_step(result, generator))
+            stats.update({k: float(v) for k, v in self.guidance.after_step(result, generator).items()})
+        return stats
+
+    def _fast_update(self, loss, result, out, regularizers, generator) -> dict[str, torch.Tensor]:
+        """The fast path's optimiser steps: a non-finite step is skipped by the fused optimisers on the device."""
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        skip = fast_path.nonfinite_flag(loss, result, parameters)
+        self.optimizer.found_inf = skip
+        self.optimizer.step()
+        self._nonfinite_steps = skip + self._nonfinite_steps
+        stats = {"loss": loss.detach(), "grad_norm": result["grad_norm"].detach(),
+                 "opacity": out.opacity.detach().mean(), "t": result["t"].float().mean(),
+                 "residual_rms": result["residual_rms"].detach(), "nonfinite": skip,
+                 **{name: value.detach() for name, value in regularizers.items()}}
+        stats.update(self.guidance.after_step({**result, "skip": skip}, generator))
         return stats
 
     def gradients_finite(self, loss: torch.Tensor) -> bool:
@@ -136,9 +172,12 @@ class Lifter:
         self.field.load_state_dict(state["field"])
         self.background.load_state_dict(state["background"])
         self.optimizer.load_state_dict(state["optimizer"])
+        fast_path.keep_optimizer_mode(self.optimizer, self.fast_path)
         if self.occupancy is not None and state.get("occupancy") is not None:
             self.occupancy.load_state_dict(state["occupancy"])
         self.guidance.load_state_dict(state)
+        if hasattr(self.guidance, "critic_optimizer"):
+            fast_path.keep_optimizer_mode(self.guidance.critic_optimizer, self.fast_path)
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
     def close(self) -> None:

@@ -48,6 +48,7 @@ from dreamdistill.fileio import (
 from dreamdistill.interrupt import StopRequest
 from dreamdistill.lift3d.config import LiftConfig, check_config, check_resolutions, config_from_args
 from dreamdistill.lift3d.evaluate import ORBIT_ELEVATION, evaluate, score_orbit, shape_score
+from dreamdistill.lift3d.fast_path import LOG_EVERY
 from dreamdistill.lift3d.lifter import Lifter
 from dreamdistill.lift3d.scene import load_scene, marching_step, render_orbit, to_uint8
 from dreamdistill.render.cameras import Cameras, orbit_cameras
@@ -235,11 +236,19 @@ def optimise(lifter: Lifter, run_dir: Path, checkpoint: dict | None = None, stop
                unit="step", disable=not progress_bar, dynamic_ncols=True, file=sys.stderr)
     began = time.perf_counter() - seconds
     with StopRequest() as stop, bar:
+        pending: list[tuple[int, dict]] = []  # the fast path's steps not yet logged (stats still on the device)
         for step in bar:
-            stats = lifter.step(step)
-            append_jsonl(log, {"step": step, **{k: round(v, 6) for k, v in stats.items()}})
-            bar.set_postfix(loss=f"{stats['loss']:.3g}", opacity=f"{stats['opacity']:.2f}", refresh=False)
+            pending.append((step, lifter.step(step)))
             done = step + 1
+            if lifter.fast_path and not (done % LOG_EVERY == 0 or done % config.checkpoint_every == 0
+                                         or done == config.steps or stop.requested or done == stop_after
+                                         or config.validate_every and done % config.validate_every == 0):
+                continue  # no host sync until the next log write
+            for logged_step, step_stats in pending:
+                stats = {k: float(v) for k, v in step_stats.items()}
+                append_jsonl(log, {"step": logged_step, **{k: round(v, 6) for k, v in stats.items()}})
+            pending.clear()
+            bar.set_postfix(loss=f"{stats['loss']:.3g}", opacity=f"{stats['opacity']:.2f}", refresh=False)
             if lifter.nonfinite_steps * 2 > config.steps:
                 bar.close()
                 raise DreamDistillError(

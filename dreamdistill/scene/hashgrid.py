@@ -35,6 +35,10 @@ INIT_RANGE = 1e-4
 """Parameters start uniform in (-INIT_RANGE, INIT_RANGE), as in tiny-cuda-nn."""
 
 
+KernelArgs = tuple[list[int], list[int], list[int], list[float], int]
+"""(offsets, sizes, resolutions, scales, features): the geometry as the kernel ops take it."""
+
+
 @dataclass(frozen=True)
 class GridGeometry:
     """Per-level layout of a hash grid (all tuples have one entry per level)."""
@@ -72,7 +76,7 @@ class GridGeometry:
         """Whether a level stores every vertex (else it is hashed)."""
         return self.resolutions[level] ** 3 <= self.sizes[level]
 
-    def kernel_args(self) -> tuple[list[int], list[int], list[int], list[float], int]:
+    def kernel_args(self) -> KernelArgs:
         """(offsets, sizes, resolutions, scales, features) as the C++ ops take them."""
         return list(self.offsets), list(self.sizes), list(self.resolutions), list(self.scales), self.features
 
@@ -179,27 +183,91 @@ def hash_grid_reference(x: torch.Tensor, params: torch.Tensor, geometry: GridGeo
 # ---- our kernels --------------------------------------------------------------------------------------
 
 
-class _KernelEncoding(torch.autograd.Function):
-    """Autograd wrapper of the C++/CUDA kernel ops (first derivatives only)."""
+# The kernel as torch.library ops (namespace "dreamdistill"), defined with the low-level Library API rather than
+# @custom_op: the same schema, fake implementation and autograd formula for torch.compile, without custom_op's eager
+# wrapper, which imports torch._dynamo on the first call (seconds on a busy CPU) and costs a little on every call.
+_LIBRARY = torch.library.Library("dreamdistill", "DEF")
+_LIBRARY.define("hashgrid_encode(Tensor x, Tensor params, int[] offsets, int[] sizes, int[] resolutions, "
+                "float[] scales, int features) -> Tensor")
+_LIBRARY.define("hashgrid_encode_backward(Tensor x, Tensor params, Tensor grad_out, int[] offsets, int[] sizes, "
+                "int[] resolutions, float[] scales, int features, bool need_params, bool need_x) -> (Tensor, Tensor)")
+
+
+def _encode_impl(x: torch.Tensor, params: torch.Tensor, offsets: list[int], sizes: list[int],
+                 resolutions: list[int], scales: list[float], features: int) -> torch.Tensor:
+    """x [N, 3] float32, params [P] float32 -> [N, L * F]; the CUDA stream is read when the op runs, never baked
+    into a traced graph (so CUDA-graph capture uses its own stream)."""
+    with _device_scope(x):
+        return load_kernel().forward(x, params, offsets, sizes, resolutions, scales, features, _stream(x))
+
+
+def _encode_backward_impl(x: torch.Tensor, params: torch.Tensor, grad_out: torch.Tensor, offsets: list[int],
+                          sizes: list[int], resolutions: list[int], scales: list[float], features: int,
+                          need_params: bool, need_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d loss / d params [P], d loss / d x [N, 3]); a gradient not asked for comes back empty ([0] / [0, 3])."""
+    with _device_scope(x):
+        grad_params, grad_x = load_kernel().backward(x, params, grad_out, offsets, sizes, resolutions, scales,
+                                                     features, need_params, need_x, _stream(x))
+    return (grad_params if need_params else params.new_empty(0)), (grad_x if need_x else x.new_empty((0, 3)))
+
+
+for _key in ("CPU", "CUDA"):
+    _LIBRARY.impl("hashgrid_encode", _encode_impl, _key)
+    _LIBRARY.impl("hashgrid_encode_backward", _encode_backward_impl, _key)
+
+
+@torch.library.register_fake("dreamdistill::hashgrid_encode", lib=_LIBRARY)
+def _hashgrid_encode_fake(x, params, offsets, sizes, resolutions, scales, features):
+    return x.new_empty((x.shape[0], len(scales) * features))
+
+
+@torch.library.register_fake("dreamdistill::hashgrid_encode_backward", lib=_LIBRARY)
+def _hashgrid_encode_backward_fake(x, params, grad_out, offsets, sizes, resolutions, scales, features, need_params,
+                                   need_x):
+    return params.new_empty(params.shape if need_params else (0,)), x.new_empty(x.shape if need_x else (0, 3))
+
+
+def _encode_setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    x, params, *geometry = inputs
+    ctx.save_for_backward(x, params)
+    ctx.geometry = geometry
+
+
+def _encode_backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+    """First derivatives only (the kernels have no double backward; the ``torch`` backend has)."""
+    x, params = ctx.saved_tensors
+    need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_params, grad_x = torch.ops.dreamdistill.hashgrid_encode_backward(
+        x, params, grad_out.float().contiguous(), *ctx.geometry, need_params, need_x)
+    return (grad_x if need_x else None), (grad_params if need_params else None), None, None, None, None, None
+
+
+torch.library.register_autograd("dreamdistill::hashgrid_encode", _encode_backward, setup_context=_encode_setup_context,
+                                lib=_LIBRARY)
+hashgrid_encode = torch.ops.dreamdistill.hashgrid_encode.default
+"""Our C++/CUDA kernel as a ``torch.library`` op: ``torch.compile`` traces through it (fake implementation above)
+without a graph break; first derivatives in x and params."""
+hashgrid_encode_backward = torch.ops.dreamdistill.hashgrid_encode_backward.default
+
+
+class _EagerKernelEncoding(torch.autograd.Function):
+    """The same kernel calls as :data:`hashgrid_encode` for eager mode, without the Python-op dispatch (about
+    0.1 ms less per forward and backward on a CPU)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, params: torch.Tensor, geometry: GridGeometry, ops: Any) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, params: torch.Tensor, kernel_args: KernelArgs) -> torch.Tensor:
         ctx.save_for_backward(x, params)
-        ctx.geometry, ctx.ops = geometry, ops
-        with _device_scope(x):
-            return ops.forward(x, params, *geometry.kernel_args(), _stream(x))
+        ctx.kernel_args = kernel_args
+        return _encode_impl(x, params, *kernel_args)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x, params = ctx.saved_tensors
         need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_out = grad_out.float().contiguous()
-        with _device_scope(x):
-            grad_params, grad_x = ctx.ops.backward(
-                x, params, grad_out, *ctx.geometry.kernel_args(), need_params, need_x, _stream(x)
-            )
-        return grad_x, grad_params, None, None
+        grad_params, grad_x = _encode_backward_impl(x, params, grad_out.float().contiguous(), *ctx.kernel_args,
+                                                    need_params, need_x)
+        return (grad_x if need_x else None), (grad_params if need_params else None), None
 
 
 def _stream(x: torch.Tensor) -> int:
@@ -249,6 +317,7 @@ class HashGrid(nn.Module):
         self.backend: Backend = backend
         self.params = nn.Parameter(torch.empty(self.geometry.parameter_count))
         self._tcnn: Any = None
+        self._kernel_args = self.geometry.kernel_args()  # built once: no per-call list building in forward
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -293,7 +362,11 @@ class HashGrid(nn.Module):
         elif backend == "tcnn":
             out = self._tcnn_forward(x)
         else:
-            out = _KernelEncoding.apply(x.float().contiguous(), self.params, self.geometry, load_kernel())
+            x = x.float().contiguous()
+            if torch.compiler.is_compiling():  # the registered op: traced through, no graph break
+                out = hashgrid_encode(x, self.params, *self._kernel_args)
+            else:
+                out = _EagerKernelEncoding.apply(x, self.params, self._kernel_args)
         return out.reshape(*batch_shape, self.output_dim)
 
     def _tcnn_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -109,5 +109,7 @@ def load_kernel() -> Any | None:
 
 def kernel_has_cuda() -> bool:
     """Whether the loaded kernel includes the CUDA path."""
-    ops = load_kernel()
-    return bool(ops is not None and ops.has_cuda())
+    if "has_cuda" not in _state:  # cached: HashGrid asks on every CUDA forward
+        ops = load_kernel()
+        _state["has_cuda"] = bool(ops is not None and ops.has_cuda())
+    return _state["has_cuda"]
