@@ -365,7 +365,8 @@ class Teacher:
         """Raw network output (the teacher's prediction type), float32."""
         unet = unet or self.unet
         t = torch.as_tensor(t, device=self.device).expand(x_t.shape[0])
-        x_t = x_t.to(self.dtype, memory_format=torch.channels_last) if x_t.dim() == 4 else x_t.to(self.dtype)
+        channels_last = x_t.dim() == 4 and x_t.device.type == "cpu"  # as the CPU UNet's weights
+        x_t = x_t.to(self.dtype, memory_format=torch.channels_last) if channels_last else x_t.to(self.dtype)
         out = unet(x_t, t, encoder_hidden_states=text.to(self.dtype), **unet_kwargs).sample
         return out.float().contiguous()
 
