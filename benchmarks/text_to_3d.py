@@ -234,7 +234,8 @@ def main() -> None:
     info = device_info(args.device or "cpu")
     todo = [(prompt, method) for method in methods for prompt in PROMPTS[: args.prompts]  # method by method
             if not any(r["method"] == method and r["prompt"] == prompt for r in runs)]
-    if args.figure_only:
+    if args.figure_only:  # redraw what the file holds, whatever code wrote it
+        runs = json.loads(out.read_text()).get("runs", []) if out.is_file() else []
         todo = []
 
     def record(result: dict) -> None:
