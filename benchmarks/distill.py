@@ -233,9 +233,13 @@ def training_summary(folder: Path) -> dict | None:
         summary["rollout_steps"] = recipe["data"]["rollout_steps"]
     if saved.get("steps_trained"):
         summary["steps_trained"] = saved["steps_trained"]
-    for key in ("trained_steps", "training_minutes"):  # written by benchmarks/ship_students.py
-        if key in saved:
-            summary[key] = saved[key]
+    if "trained_steps" in saved:  # a shipped student (benchmarks/ship_students.py)
+        summary.update(trained_steps=saved["trained_steps"], training_minutes=saved.get("training_minutes"))
+    elif saved.get("steps_trained"):  # as distill wrote it: its work folder's log holds the minutes
+        from dreamdistill.distill.student import training_minutes
+
+        summary.update(trained_steps=sum(saved["steps_trained"].values()),
+                       training_minutes=training_minutes(folder.with_name(f"{folder.name}-work")) or None)
     if recipe["loop"].get("mixed_precision", "no") != "no":
         summary["mixed_precision"] = recipe["loop"]["mixed_precision"]
     return summary

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The CPU-sized students (and the GPU-trained DMD one) behind benchmarks/results/distill.json
+# The CPU-sized students behind benchmarks/results/distill.json (and a GPU recipe for DMD)
 # (2 shared cores, about 70 minutes in all), then the benchmark. The presets in configs/distill-*.yaml are sized for a GPU; these shrink them:
 # batch 8-32, a few hundred steps per phase, and PD chains from the 16-step teacher (16 -> 8 -> 4)
 # instead of 64. Every command resumes when rerun.
@@ -23,8 +23,13 @@ else
     --set data.rollout_steps=16 --set data.generate_batch=64 --set loop.learning_rate=2e-5 \
     --set dmd.fake_learning_rate=1e-4 $COMMON
 fi
+# SiD at the CPU DMD's budget: the same steps, batch and learning rates (one fake update per generator update, as
+# in the SiD paper, against DMD's two; no teacher rollouts).
+dreamdistill distill sid --steps 600 --batch-size 8 --set loop.learning_rate=2e-5 --set sid.fake_learning_rate=1e-4 \
+  $COMMON
 mkdir -p students/kd-work  # reuse the CPU DMD's 512 rollouts when present (KD computes the same ones otherwise)
 cp -n students/dmd-work/rollouts-512-*.pt students/kd-work/ 2>/dev/null || true
 dreamdistill distill kd --steps 150 --batch-size 32 --set data.size=512 --set data.rollout_steps=16 \
   --set data.generate_batch=64 --set loop.learning_rate=1e-4 $COMMON
-python benchmarks/distill.py --num 256 --batch 64 --device cpu
+python benchmarks/ship_students.py  # students/{pd,dmd,sid} -> assets/toy-{pd4,dmd,sid} (fp16)
+python benchmarks/distill.py --students students --num 256 --batch 64 --device cpu
