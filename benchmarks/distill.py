@@ -245,6 +245,14 @@ def training_summary(folder: Path) -> dict | None:
     return summary
 
 
+def training_curve(folder: Path) -> list[dict] | None:
+    """The logged losses of a student's training (a shipped folder's training_log.jsonl, else FOLDER-work/log.jsonl)."""
+    for log in (folder / "training_log.jsonl", folder.with_name(f"{folder.name}-work") / "log.jsonl"):
+        if log.is_file():
+            return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return None
+
+
 def student_rows(students: Path) -> list[tuple[str, Path]]:
     """(row name, folder) of every student present, in a fixed order."""
     found = []
@@ -294,6 +302,7 @@ def run(args: argparse.Namespace) -> dict:
     teacher_id = (repo_relative(teacher.info.path), teacher_file.stat().st_size if teacher_file.exists() else 0,
                   teacher.dtype, device.type)
     rows, figure, reference, features_of = [], [("real renders", real.float_images()[: args.grid])], None, {}
+    curves = {}
     for name, model, steps, guidance in samplers:
         print(f"{name}: {steps} steps, cfg {guidance:g}", flush=True)
         hit = False
@@ -320,6 +329,8 @@ def run(args: argparse.Namespace) -> dict:
             "training": None if model is teacher else training_summary(Path(model.info.path)),
         }
         rows.append(row)
+        if model is not teacher and (curve := training_curve(Path(model.info.path))):
+            curves[name] = curve
         figure.append((f"{name} ({steps} step{'s' * (steps > 1)})", images[: args.grid]))
         shown = {k: v for k, v in row.items() if k not in ("name", "folder", "training")}
         print("  " + ", ".join(f"{k} {v}" for k, v in shown.items()), flush=True)
@@ -346,7 +357,7 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "teacher": repo_relative(teacher.info.path), "cfg": cfg, "num_samples": args.num, "seed": args.seed,
         "fd_floor": round(fd_floor, 4), "kid_floor": [round(v, 6) for v in kid_floor],
-        "rows": rows, "comparisons": comparisons, "checks": checks, "targets": TARGETS,
+        "rows": rows, "comparisons": comparisons, "checks": checks, "targets": TARGETS, "training_curves": curves,
         "figure": repo_relative(figure_path),
     }
 

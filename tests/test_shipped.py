@@ -41,7 +41,8 @@ def test_shipped_student_is_fp16_with_recipe_and_trained_steps(shipped_assets):
     assert saved["training_minutes"] == {"dmd": 1.2} and saved["default_steps"] == 1
     with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as weights:
         assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float16}
-    assert sorted(p.name for p in folder.iterdir()) == [TEACHER_CONFIG_NAME, "scheduler", "unet"]  # no optimiser
+    assert sorted(p.name for p in folder.iterdir()) == [TEACHER_CONFIG_NAME, "scheduler", "training_log.jsonl",
+                                                        "unet"]  # and no optimiser state
 
 
 def test_shipped_student_samples_like_the_trained_one(shipped_assets, monkeypatch):

@@ -119,6 +119,10 @@ def save_student(teacher: Teacher, unet: nn.Module, out: str | os.PathLike, *, s
     return out
 
 
+TRAINING_LOG_NAME = "training_log.jsonl"
+"""A shipped student's copy of its work folder's log.jsonl (one line per logged step: phase, step, losses)."""
+
+
 def training_minutes(work_dir: Path) -> dict[str, float]:
     """Wall-clock minutes of each phase's training loop, from WORK_DIR/log.jsonl (resumed runs add up; teacher
     rollouts and other data preparation are not included)."""
@@ -145,8 +149,8 @@ def ship_student(folder: str | os.PathLike, out: str | os.PathLike, *, work_dir:
                  dtype: torch.dtype = torch.float16) -> Path:
     """Copy the student in ``folder`` to ``out`` for shipping: UNet weights in ``dtype`` (fp16), no optimiser state,
     its folder JSON completed with ``trained_steps`` (optimiser steps over all phases) and ``training_minutes``
-    (per phase, from ``work_dir``, default FOLDER-work). ``out`` loads with ``Teacher.from_pretrained`` like
-    ``folder`` (weights are cast to the device's dtype on load)."""
+    (per phase, from ``work_dir``, default FOLDER-work), and the work folder's log as ``training_log.jsonl``.
+    ``out`` loads with ``Teacher.from_pretrained`` like ``folder`` (weights are cast to the device's dtype)."""
     import json
 
     from diffusers import UNet2DConditionModel
@@ -167,6 +171,8 @@ def ship_student(folder: str | os.PathLike, out: str | os.PathLike, *, work_dir:
     shutil.rmtree(temporary, ignore_errors=True)
     unet.save_pretrained(temporary / "unet")
     shutil.copytree(folder / "scheduler", temporary / "scheduler")
+    if (work_dir / "log.jsonl").is_file():  # the loss curves (a few kB), so a clone can see how training went
+        shutil.copyfile(work_dir / "log.jsonl", temporary / TRAINING_LOG_NAME)
     write_json_atomic(temporary / TEACHER_CONFIG_NAME, config)
     if out.exists():
         shutil.rmtree(out)
