@@ -1,19 +1,26 @@
 """Distilled students against their teacher on the toy world: Fréchet distance, prompt fidelity, PSNR, speed.
 
-    python benchmarks/distill.py [--teacher toy] [--students students] [--num 2000] [--device cuda]
+    python benchmarks/distill.py [--teacher toy] [--students assets] [--num 2000] [--device cuda]
+                                 [--cache runs/distill-cache] [--time-num 16]
                                  [--train [--train-steps N --train-batch B]] [--out benchmarks/results/distill.json]
 
 Rows, all measured in one run on the same N prompts (captions of fresh toy-world renders from a seed
 no training used) and the same N noise tensors:
 - the teacher with classifier-free guidance at 64, 16, 8, 4 and 1 DDIM steps (the baseline);
-- every student found under --students at its own steps and guidance (kd/, pd/, guided/, dmd/, and
-  guided distillation's stage-1 student guided-work/guided-stage1/, one network call per step).
+- every student found under --students at its own steps and guidance: the shipped ones (``--students assets``,
+  the default: toy-pd4/, toy-dmd/, toy-sid/, no training needed) or those ``dreamdistill distill`` writes
+  (``--students students``: kd/, pd/, guided/, dmd/, sid/, and guided distillation's stage-1 student
+  guided-work/guided-stage1/), one network call per step.
+The real renders' features and the teacher rows' samples are cached under --cache (an ignored folder), keyed by
+everything that makes them; a cached teacher row is re-timed on its first --time-num prompts, so the speed-ups
+still come from this run.
 Columns:
 - fd: Fréchet distance between the evaluator's features of the samples and of the N real renders
   (fd_floor in the JSON: two independent real sets of N, the smallest FD N samples can show);
 - kid, kid_se: kernel inception distance (unbiased at any N) with its standard error over 10 disjoint
-  blocks (kid_floor: the same for two independent real sets); call two rows different only when their
-  KIDs differ by more than two standard errors;
+  blocks (kid_floor: the same for two independent real sets); ``comparisons`` gives paired KID differences
+  (both rows against the same real blocks) with their standard errors, and calls a row better or worse only
+  when the gap exceeds two of them;
 - prompt fidelity: the evaluator's category and colour agree with the prompt (and its view, for
   categories that have a front), with the per-attribute accuracies;
 - psnr_vs_teacher64: PSNR against the teacher's 64-step CFG DDIM output from the same noise (the ODE
@@ -41,19 +48,30 @@ import torch.nn.functional as F
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.errors import DreamDistillError
 from dreamdistill.paths import repo_relative
+from dreamdistill.toyworld.evaluator import default_path as default_evaluator_path
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("kd", "pd", "guided", "dmd", "sid")
-TARGETS = {"pd_fd_ratio_max": 1.5, "dmd_fd_ratio_max": 2.0, "guided_fidelity_gap_max_points": 5.0,
-           "pd_speedup_min": 16.0}
-"""Issue 6's acceptance thresholds (ratios to the 64-step CFG teacher measured in the same run)."""
+TARGETS = {"pd_fd_ratio_max": 1.5, "dmd_fd_ratio_max": 2.0, "sid_fd_ratio_max": 1.5,
+           "guided_fidelity_gap_max_points": 5.0, "pd_speedup_min": 16.0, "significance_standard_errors": 2.0}
+"""Issues 6 and 17's acceptance thresholds (ratios to the 64-step CFG teacher measured in the same run)."""
+STUDENT_FOLDERS = (("kd", ("kd",)), ("pd", ("pd", "toy-pd4")), ("guided-stage1", ("guided-work/guided-stage1",)),
+                   ("guided", ("guided",)), ("dmd", ("dmd", "toy-dmd")), ("sid", ("sid", "toy-sid")))
+"""Row name -> folders under --students that hold that student (as distill writes them, as shipped in assets/)."""
+COMPARISONS = (("sid", "dmd"), ("pd", "teacher-4"), ("dmd", "teacher-64"), ("sid", "teacher-64"))
+"""Pairs of rows whose KIDs are compared (paired blocks), when both are present."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="toy", help="teacher folder (default: the embedded toy teacher)")
-    parser.add_argument("--students", type=Path, default=Path("students"),
-                        help="folder holding kd/, pd/, guided/, dmd/ (as written by the presets)")
+    parser.add_argument("--students", type=Path, default=Path("assets"),
+                        help="folder holding the students: the shipped toy-pd4/, toy-dmd/, toy-sid/ (default: "
+                             "assets), or kd/, pd/, guided/, dmd/, sid/ as written by the presets (students)")
+    parser.add_argument("--cache", type=Path, default=Path("runs/distill-cache"),
+                        help="folder caching real features and teacher samples between runs (ignored by git)")
+    parser.add_argument("--time-num", type=int, default=16,
+                        help="prompts a cached teacher row is re-timed on (speed-ups stay within one run)")
     parser.add_argument("--evaluator", type=Path, default=None, help="evaluator folder (default: the shipped one)")
     parser.add_argument("--num", type=int, default=2000, help="samples per row (and real renders)")
     parser.add_argument("--batch", type=int, default=250, help="sampling batch size")
@@ -110,6 +128,42 @@ def sample_all(model: Teacher, prompts: list[str], noise: torch.Tensor, steps: i
               for i in range(0, len(prompts), batch)]
     synchronise(model.device)
     return torch.cat(images), time.perf_counter() - started
+
+
+def cache_key(*parts) -> str:
+    """A short stable file name for what a cached tensor depends on."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
+
+
+def cached(path: Path, compute):
+    """torch.load(path) when it exists, else compute(), saved there (atomically) first."""
+    from dreamdistill.fileio import torch_save_atomic
+
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch_save_atomic(path, value)
+    return value
+
+
+def sample_cached(model: Teacher, prompts: list[str], noise: torch.Tensor, steps: int, cfg: float,
+                  batch: int, path: Path, time_num: int) -> tuple[torch.Tensor, float, bool]:
+    """Images and seconds per image of one teacher row; with a cache hit the images come from ``path`` and the
+    time from sampling the first ``time_num`` prompts again now. Returns (images, seconds per image, hit)."""
+    if path.is_file():
+        images = torch.load(path, weights_only=True).float()
+        count = max(1, min(time_num, len(prompts)))
+        _, seconds = sample_all(model, prompts[:count], noise[:count], steps, cfg, min(batch, count))
+        return images, seconds / count, True
+    images, seconds = sample_all(model, prompts, noise, steps, cfg, batch)
+    from dreamdistill.fileio import torch_save_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch_save_atomic(path, images.half())
+    return images.half().float(), seconds / len(prompts), False
 
 
 # ------------------------------------------------------------------------------------------ figure
@@ -170,31 +224,51 @@ def training_summary(folder: Path) -> dict | None:
         summary["stage1_steps"] = recipe["guided"]["stage1_steps"] or loop["steps"]
     if method == "dmd":
         summary.update(fake_steps=recipe["dmd"]["fake_steps"], fake=recipe["dmd"]["fake"],
-                       regression_weight=recipe["dmd"]["regression_weight"])
+                       regression_weight=recipe["dmd"]["regression_weight"],
+                       fake_learning_rate=recipe["dmd"].get("fake_learning_rate"))
+    if method == "sid":
+        summary.update(alpha=recipe["sid"]["alpha"], fake_steps=recipe["sid"]["fake_steps"],
+                       fake=recipe["sid"]["fake"], fake_learning_rate=recipe["sid"].get("fake_learning_rate"))
     if method in ("kd", "dmd"):
         summary["rollout_steps"] = recipe["data"]["rollout_steps"]
     if saved.get("steps_trained"):
         summary["steps_trained"] = saved["steps_trained"]
+    if "trained_steps" in saved:  # a shipped student (benchmarks/ship_students.py)
+        summary.update(trained_steps=saved["trained_steps"], training_minutes=saved.get("training_minutes"))
+    elif saved.get("steps_trained"):  # as distill wrote it: its work folder's log holds the minutes
+        from dreamdistill.distill.student import training_minutes
+
+        summary.update(trained_steps=sum(saved["steps_trained"].values()),
+                       training_minutes=training_minutes(folder.with_name(f"{folder.name}-work")) or None)
     if recipe["loop"].get("mixed_precision", "no") != "no":
         summary["mixed_precision"] = recipe["loop"]["mixed_precision"]
     return summary
 
 
+def training_curve(folder: Path) -> list[dict] | None:
+    """The logged losses of a student's training (a shipped folder's training_log.jsonl, else FOLDER-work/log.jsonl)."""
+    for log in (folder / "training_log.jsonl", folder.with_name(f"{folder.name}-work") / "log.jsonl"):
+        if log.is_file():
+            return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return None
+
+
 def student_rows(students: Path) -> list[tuple[str, Path]]:
     """(row name, folder) of every student present, in a fixed order."""
     found = []
-    for name, folder in (("kd", students / "kd"), ("pd", students / "pd"),
-                         ("guided-stage1", students / "guided-work" / "guided-stage1"),
-                         ("guided", students / "guided"), ("dmd", students / "dmd")):
-        if (folder / "dreamdistill_teacher.json").is_file():
-            found.append((name, folder))
+    for name, candidates in STUDENT_FOLDERS:
+        for candidate in candidates:
+            folder = students / candidate
+            if (folder / "dreamdistill_teacher.json").is_file():
+                found.append((name, folder))
+                break
     return found
 
 
 # ------------------------------------------------------------------------------------------ main
 def run(args: argparse.Namespace) -> dict:
     from dreamdistill.toyworld import render_dataset
-    from dreamdistill.toyworld.evaluator import Evaluator, frechet_distance, kernel_inception_distance
+    from dreamdistill.toyworld.evaluator import Evaluator, frechet_distance, kernel_inception_distance, kid_difference
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     teacher = Teacher.from_pretrained(args.teacher, device=device, dtype=torch.float32 if args.train else None)
@@ -208,9 +282,11 @@ def run(args: argparse.Namespace) -> dict:
 
     print(f"rendering {args.num} real toy-world images (and {args.num} more for the FD floor)...", flush=True)
     real = render_dataset(args.num, seed=args.seed)
-    floor = render_dataset(args.num, seed=args.seed + 1)
-    real_features = evaluator.embed(real.images)
-    floor_features = evaluator.embed(floor.images)
+    evaluator_file = Path(args.evaluator or default_evaluator_path()) / "model.safetensors"
+    evaluator_id = (repo_relative(evaluator_file), evaluator_file.stat().st_size)
+    real_features, floor_features = cached(
+        args.cache / f"real-features-{cache_key(args.num, args.seed, *evaluator_id)}.pt",
+        lambda: (evaluator.embed(real.images), evaluator.embed(render_dataset(args.num, seed=args.seed + 1).images)))
     fd_floor = frechet_distance(real_features, floor_features)
     kid_floor = kernel_inception_distance(floor_features, real_features)
     prompts = real.captions
@@ -222,25 +298,39 @@ def run(args: argparse.Namespace) -> dict:
         defaults = student.info.defaults
         samplers.append((name, student, int(defaults.get("default_steps", 1)), float(defaults.get("default_cfg", 1.0))))
 
-    rows, figure, reference = [], [("real renders", real.float_images()[: args.grid])], None
+    teacher_file = Path(teacher.info.path) / "unet" / "diffusion_pytorch_model.safetensors"
+    teacher_id = (repo_relative(teacher.info.path), teacher_file.stat().st_size if teacher_file.exists() else 0,
+                  teacher.dtype, device.type)
+    rows, figure, reference, features_of = [], [("real renders", real.float_images()[: args.grid])], None, {}
+    curves = {}
     for name, model, steps, guidance in samplers:
         print(f"{name}: {steps} steps, cfg {guidance:g}", flush=True)
-        images, seconds = sample_all(model, prompts, noise, steps, guidance, args.batch)
+        hit = False
+        if model is teacher:
+            path = args.cache / f"{name}-{cache_key(*teacher_id, steps, guidance, args.num, args.seed)}.pt"
+            images, seconds_per_image, hit = sample_cached(model, prompts, noise, steps, guidance, args.batch, path,
+                                                           args.time_num)
+        else:
+            images, seconds = sample_all(model, prompts, noise, steps, guidance, args.batch)
+            seconds_per_image = seconds / args.num
         if name == f"teacher-{args.reference_steps}":
             reference = images
         doubled = guidance != 1.0 and not model.info.guidance_embedding
-        features = evaluator.embed(images)
+        features = features_of[name] = evaluator.embed(images)
         row = {
             "name": name, "steps": steps, "cfg": guidance, "network_evals_per_image": steps * (2 if doubled else 1),
             "fd": round(frechet_distance(features, real_features), 4),
             **dict(zip(("kid", "kid_se"), (round(v, 6) for v in kernel_inception_distance(features, real_features)))),
             **prompt_fidelity(evaluator.classify(images), real),
             "psnr_vs_teacher64": round(psnr(images, reference), 3) if reference is not None else None,
-            "seconds_per_image": seconds / args.num,
+            "seconds_per_image": seconds_per_image,
+            **({"samples_cached": True, "timed_on": min(args.time_num, args.num)} if hit else {}),
             "folder": repo_relative(model.info.path),
             "training": None if model is teacher else training_summary(Path(model.info.path)),
         }
         rows.append(row)
+        if model is not teacher and (curve := training_curve(Path(model.info.path))):
+            curves[name] = curve
         figure.append((f"{name} ({steps} step{'s' * (steps > 1)})", images[: args.grid]))
         shown = {k: v for k, v in row.items() if k not in ("name", "folder", "training")}
         print("  " + ", ".join(f"{k} {v}" for k, v in shown.items()), flush=True)
@@ -250,7 +340,15 @@ def run(args: argparse.Namespace) -> dict:
     for row in rows:
         row["speedup_vs_teacher64"] = round(base["seconds_per_image"] / row["seconds_per_image"], 2)
         row["fd_ratio_vs_teacher64"] = round(row["fd"] / base["fd"], 3) if base["fd"] > 0 else math.inf
-    checks = acceptance(by_name, base)
+    checks = acceptance(by_name, base, kid_floor)
+    comparisons = {}
+    for a, b in COMPARISONS:
+        if a in features_of and b in features_of:
+            gap, se = kid_difference(features_of[a], features_of[b], real_features)
+            verdict = ("better" if gap < 0 else "worse") if abs(gap) > TARGETS["significance_standard_errors"] * se \
+                else "within two standard errors"
+            comparisons[f"{a}_vs_{b}"] = {"kid_difference": round(gap, 6), "se": round(se, 6), "verdict": verdict}
+    checks.update({f"{key}_kid": value["verdict"] for key, value in comparisons.items()})
     figure_path = args.out.with_suffix(".png")
     save_figure(figure, figure_path)
     return {
@@ -259,14 +357,18 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "teacher": repo_relative(teacher.info.path), "cfg": cfg, "num_samples": args.num, "seed": args.seed,
         "fd_floor": round(fd_floor, 4), "kid_floor": [round(v, 6) for v in kid_floor],
-        "rows": rows, "checks": checks, "targets": TARGETS,
+        "rows": rows, "comparisons": comparisons, "checks": checks, "targets": TARGETS, "training_curves": curves,
         "figure": repo_relative(figure_path),
     }
 
 
-def acceptance(by_name: dict[str, dict], base: dict) -> dict:
-    """Issue 6's criteria, from this run's rows (None where a row is missing)."""
-    checks: dict = {}
+def acceptance(by_name: dict[str, dict], base: dict, kid_floor: tuple[float, float]) -> dict:
+    """Issues 6 and 17's criteria, from this run's rows (absent where a row is missing)."""
+    floor, floor_se = kid_floor
+    gap = base["kid"] - floor
+    checks: dict = {"kid_floor_below_teacher64": gap > TARGETS["significance_standard_errors"] * math.hypot(
+        base["kid_se"], floor_se), "teacher64_kid_over_floor_standard_errors": round(
+        gap / max(math.hypot(base["kid_se"], floor_se), 1e-12), 1)}
     pd, teacher4, dmd = by_name.get("pd"), by_name.get("teacher-4"), by_name.get("dmd")
     if pd:
         checks["pd_fd_ratio"] = pd["fd_ratio_vs_teacher64"]
@@ -277,6 +379,10 @@ def acceptance(by_name: dict[str, dict], base: dict) -> dict:
     if dmd:
         checks["dmd_fd_ratio"] = dmd["fd_ratio_vs_teacher64"]
         checks["dmd_fd_ok"] = dmd["fd_ratio_vs_teacher64"] <= TARGETS["dmd_fd_ratio_max"]
+    sid = by_name.get("sid")
+    if sid:
+        checks["sid_fd_ratio"] = sid["fd_ratio_vs_teacher64"]
+        checks["sid_fd_ok"] = sid["fd_ratio_vs_teacher64"] <= TARGETS["sid_fd_ratio_max"]
     for name in ("guided-stage1", "guided"):
         if name in by_name:
             gap = round(base["prompt_fidelity"] - by_name[name]["prompt_fidelity"], 2)
@@ -288,8 +394,9 @@ def acceptance(by_name: dict[str, dict], base: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.num < 2 or args.batch < 1:
-            raise DreamDistillError("--num must be at least 2 (a Fréchet distance needs a covariance) and --batch ≥ 1")
+        if args.num < 4 or args.batch < 1 or args.time_num < 1:
+            raise DreamDistillError("--num must be at least 4 (KID's standard error needs 2 blocks of 2), --batch "
+                                    "and --time-num at least 1")
         result = run(args)
     except DreamDistillError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -110,7 +110,9 @@ def sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--num", type=int, default=16, help="number of samples")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's own)")
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
-    parser.add_argument("--model", default="toy", help="teacher or student folder, or a cached hub id")
+    parser.add_argument("--model", default="toy",
+                        help="toy (the teacher), a shipped student (toy-pd4: 4 steps; toy-dmd, toy-sid: one step), "
+                             "a teacher or student folder, or a cached hub id")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="samples.png", help="PNG grid to write")
     _device_argument(parser)

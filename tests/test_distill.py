@@ -126,7 +126,8 @@ def test_cli_distill_bad_input_is_one_line(tmp_path, capsys):
 
 def test_benchmark_script_runs_on_tiny_models(tiny_pixel_teacher_dir, tmp_path):
     """benchmarks/distill.py end to end at toy size: a random evaluator, and the teacher (4 steps at cfg 3)
-    copied in as a "pd" student."""
+    copied in as a "pd" student (distill's folder name), "dmd" and "toy-sid" (a shipped folder name); a second
+    run takes the real features and teacher samples from the cache and re-times the teacher rows only."""
     import importlib.util
     import shutil
     from pathlib import Path
@@ -135,18 +136,33 @@ def test_benchmark_script_runs_on_tiny_models(tiny_pixel_teacher_dir, tmp_path):
 
     torch.manual_seed(0)
     Evaluator().save(tmp_path / "evaluator")
-    shutil.copytree(tiny_pixel_teacher_dir, tmp_path / "students" / "pd")
+    for name in ("pd", "dmd", "toy-sid"):
+        shutil.copytree(tiny_pixel_teacher_dir, tmp_path / "students" / name)
     script = Path(__file__).parents[1] / "benchmarks" / "distill.py"
     spec = importlib.util.spec_from_file_location("bench_distill", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "results" / "distill.json"
-    assert bench.main(["--teacher", str(tiny_pixel_teacher_dir), "--students", str(tmp_path / "students"),
-                       "--evaluator", str(tmp_path / "evaluator"), "--num", "4", "--batch", "4", "--teacher-steps",
-                       "2,1", "--reference-steps", "2", "--device", "cpu", "--out", str(out)]) == 0
+    argv = ["--teacher", str(tiny_pixel_teacher_dir), "--students", str(tmp_path / "students"),
+            "--evaluator", str(tmp_path / "evaluator"), "--num", "4", "--batch", "4", "--teacher-steps",
+            "2,1", "--reference-steps", "2", "--device", "cpu", "--out", str(out), "--cache", str(tmp_path / "cache"),
+            "--time-num", "2"]
+    assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     rows = {row["name"]: row for row in result["rows"]}
-    assert list(rows) == ["teacher-2", "teacher-1", "pd"] and rows["teacher-2"]["psnr_vs_teacher64"] == 100.0
+    assert list(rows) == ["teacher-2", "teacher-1", "pd", "dmd", "sid"]
+    assert rows["teacher-2"]["psnr_vs_teacher64"] == 100.0
     assert rows["pd"]["network_evals_per_image"] == 8 and rows["teacher-1"]["network_evals_per_image"] == 2
-    assert {"fd", "prompt_fidelity", "seconds_per_image", "speedup_vs_teacher64"} <= set(rows["pd"])
-    assert "pd_fd_ok" in result["checks"] and out.with_suffix(".png").is_file()
+    assert {"fd", "kid", "kid_se", "prompt_fidelity", "seconds_per_image", "speedup_vs_teacher64"} <= set(rows["sid"])
+    assert "pd_fd_ok" in result["checks"] and "sid_fd_ok" in result["checks"] and out.with_suffix(".png").is_file()
+    same = result["comparisons"]["sid_vs_dmd"]  # the same weights: a zero paired difference, never "better"
+    assert same["kid_difference"] == 0 and same["verdict"] == "within two standard errors"
+    assert len(result["kid_floor"]) == 2 and "kid_floor_below_teacher64" in result["checks"]
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3  # real features, teacher-2, teacher-1
+
+    assert bench.main(argv) == 0
+    again = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    assert again["teacher-2"]["samples_cached"] and again["teacher-2"]["timed_on"] == 2
+    assert "samples_cached" not in again["sid"]
+    for name in rows:
+        assert (again[name]["fd"], again[name]["kid"]) == (rows[name]["fd"], rows[name]["kid"])

@@ -59,6 +59,9 @@ def test_the_wheel_installs_and_runs_from_another_folder(tmp_path):
     assert {p.name for p in configs.glob("*.yaml")} == {p.name for p in (ROOT / "configs").glob("*.yaml")}
     assert (assets / "toy-teacher" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert (assets / "toy-evaluator" / "model.safetensors").is_file()
+    for student in ("toy-pd4", "toy-dmd", "toy-sid"):  # the shipped students this checkout has
+        if (ROOT / "assets" / student).is_dir():
+            assert (assets / student / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert {p.name for p in kernel.iterdir()} == {p.name for p in (ROOT / "cuda_ext" / "hashgrid").iterdir()}
     assert "usage: dreamdistill" in run([sys.executable, "-m", "dreamdistill", "--help"], elsewhere, env)
     assert "usage: dreamdistill" in run([str(target / "bin" / "dreamdistill"), "--help"], elsewhere, env)

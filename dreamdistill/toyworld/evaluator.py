@@ -173,12 +173,13 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     return max(float(value), 0.0)
 
 
-def kernel_inception_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, blocks: int = 10
-                              ) -> tuple[float, float]:
-    """KID (Bińkowski et al. 2018) with its standard error: the unbiased MMD² with the cubic polynomial kernel
-    k(x, y) = (xᵀy / D + 1)³, on ``blocks`` disjoint equal blocks of both sets (fewer when the sets are small:
-    each block needs 2 samples); returns (mean over blocks, std over blocks / √blocks). Unbiased at any n, so
-    small sets give noisy but centred estimates."""
+def kid_blocks(feats_a: torch.Tensor, feats_b: torch.Tensor, blocks: int = 10) -> torch.Tensor:
+    """The unbiased MMD² with the cubic polynomial kernel k(x, y) = (xᵀy / D + 1)³ on each of ``blocks`` disjoint
+    equal blocks of both sets (fewer when the sets are small: each block needs 2 samples): [blocks], float64.
+    Every term skips i = j, the cross term too: samples drawn for the real renders' captions (sample i for
+    caption i) are correlated with real image i, and k(x_i, y_i) would bias KID below zero; k(x_i, y_j), i ≠ j,
+    pairs independent draws, so the estimate stays unbiased. Two sample sets scored against the same
+    ``feats_b`` give paired blocks (see :func:`kid_difference`)."""
     a, b = feats_a.double(), feats_b.double()
     n = min(a.shape[0], b.shape[0])
     blocks = min(blocks, n // 2)
@@ -190,11 +191,27 @@ def kernel_inception_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, bloc
     for block in range(blocks):
         x, y = a[block * size:(block + 1) * size], b[block * size:(block + 1) * size]
         k_xx, k_yy, k_xy = ((p @ q.T / dim + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
-        off = size * (size - 1)
+        off = size * (size - 1)  # i ≠ j in every term: sample i of both sets may be paired (the same prompt)
         estimates.append((k_xx.sum() - k_xx.diagonal().sum()) / off + (k_yy.sum() - k_yy.diagonal().sum()) / off
-                         - 2 * k_xy.mean())
-    values = torch.stack(estimates)
-    return float(values.mean()), float(values.std() / blocks**0.5)
+                         - 2 * (k_xy.sum() - k_xy.diagonal().sum()) / off)
+    return torch.stack(estimates)
+
+
+def kernel_inception_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, blocks: int = 10
+                              ) -> tuple[float, float]:
+    """KID (Bińkowski et al. 2018) with its standard error: the mean of :func:`kid_blocks` and its std / √blocks.
+    Unbiased at any n, so small sets give noisy but centred estimates."""
+    values = kid_blocks(feats_a, feats_b, blocks)
+    return float(values.mean()), float(values.std() / len(values) ** 0.5)
+
+
+def kid_difference(feats_a: torch.Tensor, feats_b: torch.Tensor, real: torch.Tensor, blocks: int = 10
+                   ) -> tuple[float, float]:
+    """KID(a, real) − KID(b, real) with its standard error from the paired blocks (both against the same real
+    blocks, so the real set's own noise cancels): (mean, std / √blocks). Call a and b different only when
+    |mean| > 2 standard errors."""
+    values = kid_blocks(feats_a, real, blocks) - kid_blocks(feats_b, real, blocks)
+    return float(values.mean()), float(values.std() / len(values) ** 0.5)
 
 
 def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
