@@ -7,8 +7,9 @@ batch-1 VAE encoder: "Expected X.is_contiguous(memory_format)"), uses fused Adam
 the device, and returns device-tensor stats. On the CPU it draws the same random numbers as the eager path, so both
 must give the same gradients and the same updated scene.
 
-Tolerance: gradients agree to rtol 1e-4 with atol 1e-5 of each tensor's largest magnitude (compiled graphs
-reorder float32 sums); parameters after each optimiser step to 1e-5 absolute, against steps of 1e-3 to 1e-2 (Adam
+Tolerance: gradients agree to rtol 1e-4 with atol 1e-4 of each tensor's largest magnitude (compiled graphs
+reorder float32 sums; the CPU UNet's channels_last convolutions reorder them further); parameters after each
+optimiser step to 1e-5 absolute, against steps of 1e-3 to 1e-2 (Adam
 divides by sqrt(v) with eps 1e-15, so a last-bit difference in a tiny gradient becomes ~1e-4 of its step).
 """
 
@@ -27,7 +28,7 @@ from dreamdistill.lift3d import fast_path as fast_path_module
 TINY = ["render.resolution=16", "render.batch_size=2", "render.occupancy_resolution=16", "render.step_divisions=48",
         "render.albedo_warmup=0.0", "scene.levels=4", "scene.log2_table_size=10", "scene.max_resolution=32",
         "scene.hidden_dim=16", "scene.hidden_layers=1", "render.occupancy_warmup=2", "render.occupancy_update_every=2"]
-RTOL, ATOL_FRACTION, PARAMETER_ATOL = 1e-4, 1e-5, 1e-5
+RTOL, ATOL_FRACTION, PARAMETER_ATOL = 1e-4, 1e-4, 1e-5
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:

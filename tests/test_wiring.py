@@ -158,6 +158,7 @@ def test_critic_training_moves_every_lora_tensor_and_lowers_its_loss(pixel):
     """N critic steps on fixed renders: every LoRA tensor changes, the DSM loss on a fixed (t, ε) set falls, and
     the adapter (not only the camera MLP) changes the prediction. Fails when the adapter switch cuts the LoRA
     weights out of the graph (peft's disable_adapters sets requires_grad=False)."""
+    torch.manual_seed(0)  # the LoRA A matrices are drawn from the global stream: the same start in any test order
     vsd = VSD(pixel, "a red chair", GuidanceConfig(),
               CriticConfig(condition_dropout=0.0, learning_rate=1e-2, steps_per_scene_step=60))
     lora = {n: p.detach().clone() for n, p in pixel.unet.named_parameters() if ADAPTER_NAME in n}
