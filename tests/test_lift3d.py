@@ -155,14 +155,16 @@ def test_regularisers_are_counted_per_model_element():
 
     opacity = torch.full((2, 1, 16, 16), 0.5)
     orientation = torch.full((2, 1, 16, 16), 0.25)
-    out = RenderOutput(torch.zeros(2, 3, 16, 16), opacity, opacity, None, 0, orientation)
-    config = RegularizerConfig(opacity_entropy=0.1, orientation=0.2)
+    distortion = torch.full((2, 1, 16, 16), 0.125)
+    out = RenderOutput(torch.zeros(2, 3, 16, 16), opacity, opacity, None, 0, orientation, distortion)
+    config = RegularizerConfig(opacity_entropy=0.1, orientation=0.2, distortion=0.3)
     entropy_per_pixel = 0.6931471805599453  # −½ log ½ · 2
     for elements in (3 * 32 * 32, 4 * 64 * 64):
         losses = regularizer_losses(config, out, 1.0, elements)
         per_image = elements / 256 / 2
         assert float(losses["opacity_entropy"]) == pytest.approx(0.1 * entropy_per_pixel * 512 * per_image, rel=1e-5)
         assert float(losses["orientation"]) == pytest.approx(0.2 * 0.25 * 512 * per_image, rel=1e-6)
+        assert float(losses["distortion"]) == pytest.approx(0.3 * 0.125 * 512 * per_image, rel=1e-6)
 
 
 def test_eval_rescores_a_run_like_its_own_metrics(tiny_pixel_teacher_dir, tmp_path, capsys):

@@ -54,6 +54,9 @@ class RegularizerConfig:
     (0: full weight throughout); a late ramp lets the shape form before it is made solid."""
     orientation: Annotated[float, Range(0, 1e6)] = 0.0
     """Weight of Σ_i sg(w_i) max(0, n_i·d)² per ray (DreamFusion / Ref-NeRF orientation loss, per sample)."""
+    distortion: Annotated[float, Range(0, 1e6)] = 0.0
+    """Weight of the per-ray distortion Σ_ij w_i w_j |t_i − t_j| + δ/3 Σ w_i² (Mip-NeRF 360; world units):
+    gathers each ray's weight into one short interval, so hazy shells become sharp, opaque surfaces."""
 
 
 @dataclass

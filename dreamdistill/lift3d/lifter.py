@@ -104,7 +104,9 @@ class Lifter:
         resolution = resolution_at(r, progress)
         out = render(self.field, self.background, cameras, resolution, shading=shading, light=light,
                      occupancy=self.occupancy, step_size=self.step_size, stratified=True, generator=generator,
-                     return_normals=config.regularizers.orientation > 0)
+                     return_normals=config.regularizers.orientation > 0,
+                     return_distortion=config.regularizers.distortion > 0, pixel_jitter=r.pixel_jitter,
+                     supersample=r.supersample)
         views = cameras.view_labels()
         guidance_generator = (fast_path.guidance_generator(step_seed(config.seed, step), generator, self.device)
                               if self.fast_path else generator)

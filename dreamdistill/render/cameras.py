@@ -157,14 +157,21 @@ def focal_length(fov_degrees: torch.Tensor, resolution: int) -> torch.Tensor:
     return 0.5 * resolution / torch.tan(torch.deg2rad(fov_degrees) / 2)
 
 
-def generate_rays(cameras: Cameras, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """World-space ray origins and unit directions, each [B, H, W, 3], through pixel centres.
+def generate_rays(cameras: Cameras, resolution: int,
+                  offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-space ray origins and unit directions, each [B, H, W, 3], through pixel centres, or through
+    ``offsets`` [B, H, W, 2] in [0, 1)² within each pixel (row, column) when given: a random offset per ray
+    makes a render's expectation the pixel's area average (stochastic antialiasing).
 
     Row 0 is the top of the image; column 0 is the left.
     """
     device = cameras.azimuth.device
-    pixel = torch.arange(resolution, dtype=torch.float32, device=device) + 0.5
+    pixel = torch.arange(resolution, dtype=torch.float32, device=device)
     rows, cols = torch.meshgrid(pixel, pixel, indexing="ij")
+    if offsets is None:
+        rows, cols = rows + 0.5, cols + 0.5
+    else:
+        rows, cols = rows + offsets[..., 0], cols + offsets[..., 1]
     focal = focal_length(cameras.fov, resolution)[:, None, None]
     x = (cols - resolution / 2) / focal
     y = -(rows - resolution / 2) / focal

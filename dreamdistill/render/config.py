@@ -19,6 +19,11 @@ class RenderConfig:
     """A lower resolution for the first part of the run (None: no schedule)."""
     resolution_switch: Annotated[float, Range(0, 1)] = 0.5
     """Fraction of the run after which ``resolution`` replaces ``resolution_start``."""
+    supersample: Annotated[int, Range(1, 8)] = 1
+    """Training renders at ``supersample`` × the resolution, box-averaged down (the toy world's data is rendered
+    2 × 2 supersampled: a leg thinner than a pixel shows as a paler pixel, not as all or nothing)."""
+    pixel_jitter: bool = False
+    """Training rays through a random point of their pixel (stochastic antialiasing at no extra cost)."""
     batch_size: Annotated[int, Range(1, 256)] = 4
     """Cameras per step."""
     step_divisions: Annotated[int, Range(8, 4096)] = 128

@@ -115,6 +115,7 @@ class RayOutput:
     normal: torch.Tensor | None  # [R, 3] sum of w * n
     samples: int  # field samples evaluated
     orientation: torch.Tensor | None = None  # [R] Σ_i sg(w_i) max(0, n_i·d)² (with normals)
+    distortion: torch.Tensor | None = None  # [R] Mip-NeRF 360 distortion (when asked for)
 
 
 @dataclass
@@ -127,6 +128,7 @@ class RenderOutput:
     normal: torch.Tensor | None  # [B, 3, H, W]
     samples: int
     orientation: torch.Tensor | None = None  # [B, 1, H, W] per-ray orientation penalty (with normals)
+    distortion: torch.Tensor | None = None  # [B, 1, H, W] per-ray distortion (when asked for)
 
 
 # ---- pure helpers -------------------------------------------------------------------------------------
@@ -204,6 +206,29 @@ def contributing_samples(density: torch.Tensor, rays: torch.Tensor, columns: tor
     return (-torch.expm1(-sigma_delta) > skip_opacity) & (transmittance > early_stop)
 
 
+def positions_along_rays(rays: torch.Tensor, ray_count: int) -> tuple[torch.Tensor, int]:
+    """Index of each packed sample along its ray [S] (samples sorted by ray) and the most samples on one ray."""
+    counts = torch.bincount(rays, minlength=ray_count)
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(rays.numel(), device=rays.device) - starts[rays], int(counts.max()) if rays.numel() else 0
+
+
+def distortion_penalty(weights: torch.Tensor, t: torch.Tensor, rays: torch.Tensor, columns: torch.Tensor,
+                       ray_count: int, steps: int, step_size: float) -> torch.Tensor:
+    """Per-ray distortion [R] of Mip-NeRF 360 (Barron et al. 2022, Eq. 15) for packed samples sorted by ray and t
+    with intervals of length δ = ``step_size``: Σ_{i,j} w_i w_j |t_i − t_j| + δ/3 Σ_i w_i².
+
+    The double sum in O(S): for t sorted along the ray it is 2 Σ_i w_i (t_i Σ_{j<i} w_j − Σ_{j<i} w_j t_j).
+    Small when each ray's weight sits in one short interval (a sharp, opaque surface); a haze spread along the
+    ray pays for its spread."""
+    def before(values: torch.Tensor) -> torch.Tensor:  # Σ_{j<i} values_j on the same ray, packed [S]
+        dense = values.new_zeros(ray_count, steps).index_put((rays, columns), values)
+        return (torch.cumsum(dense, dim=1) - dense)[rays, columns]
+
+    pairs = 2 * weights * (t * before(weights) - before(weights * t))
+    return segment_sum(pairs + step_size / 3 * weights.square(), rays, ray_count)
+
+
 def lambertian(normals: torch.Tensor, light_directions: torch.Tensor, ambient: torch.Tensor) -> torch.Tensor:
     """Shading factor [S]: ambient + (1 - ambient) * max(0, n . l)."""
     return ambient + (1 - ambient) * (normals * light_directions).sum(dim=-1).clamp(min=0.0)
@@ -253,10 +278,12 @@ def render_rays(
     return_normals: bool = False,
     normal_weight_threshold: float = 1e-4,
     prune: bool = True,
+    return_distortion: bool = False,
 ) -> RayOutput:
     """Render rays (origins [R, 3], unit directions [R, 3]); ``background`` [R, 3] (default black).
 
     ``prune``: while autograd records, evaluate the field only at :func:`contributing_samples` (our marching).
+    ``return_distortion``: also the per-ray :func:`distortion_penalty`.
 
     ``light_positions`` [R, 3] and ``ambient`` [R] are needed by the ``diffuse`` and ``textureless`` shadings.
     """
@@ -271,6 +298,7 @@ def render_rays(
         rays, t, density, albedo, weights, positions = _sample_nerfacc(
             field, origins, directions, occupancy, step_size, stratified
         )
+        columns, steps = positions_along_rays(rays, ray_count)
     else:
         rays, t, columns, steps = march(origins, directions, step_size, occupancy, stratified, generator)
         positions = origins[rays] + t[:, None] * directions[rays]  # [S, 3]
@@ -305,9 +333,12 @@ def render_rays(
     orientation = None
     if return_normals:
         orientation = segment_sum(orientation_penalty(weights, normals, directions[rays]), rays, ray_count)
+    distortion = None
+    if return_distortion:
+        distortion = distortion_penalty(weights, t, rays, columns, ray_count, steps, step_size)
     if background is not None:
         color = color + (1 - opacity)[:, None] * background
-    return RayOutput(color, opacity, depth, normal, int(rays.numel()), orientation)
+    return RayOutput(color, opacity, depth, normal, int(rays.numel()), orientation, distortion)
 
 
 def orientation_penalty(weights: torch.Tensor, normals: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -354,6 +385,15 @@ def _sample_nerfacc(
     return rays, t, density, albedo, weights, positions
 
 
+def average_pool(out: RenderOutput, factor: int) -> RenderOutput:
+    """A render with every image averaged over ``factor`` × ``factor`` pixel blocks (box-filter downsampling)."""
+    def pool(image: torch.Tensor | None) -> torch.Tensor | None:
+        return None if image is None else nn.functional.avg_pool2d(image, factor)
+
+    return RenderOutput(pool(out.image), pool(out.opacity), pool(out.depth), pool(out.normal), out.samples,
+                        pool(out.orientation), pool(out.distortion))
+
+
 def render(
     field: RadianceField,
     background: nn.Module | torch.Tensor | None,
@@ -368,6 +408,9 @@ def render(
     return_normals: bool = False,
     chunk_rays: int = 1 << 14,
     prune: bool = True,
+    return_distortion: bool = False,
+    pixel_jitter: bool = False,
+    supersample: int = 1,
 ) -> RenderOutput:
     """Render ``cameras`` at ``resolution`` x ``resolution``.
 
@@ -375,11 +418,24 @@ def render(
     a colour tensor [3], or None (black). ``stratified`` jitters samples (default: while ``field`` trains).
     Lit shadings use ``light`` (default: headlights). Rays are rendered in chunks of ``chunk_rays``.
     ``prune``: skip samples that cannot matter while training (see :func:`render_rays`).
+    ``return_distortion``: also the per-ray distortion (:func:`distortion_penalty`).
+    ``pixel_jitter``: each ray through a random point of its pixel (drawn from ``generator``) instead of the
+    centre. ``supersample`` s > 1: render at s × ``resolution`` and average s × s blocks (:func:`average_pool`),
+    as the toy world's ray tracer renders its images (2 × 2).
     """
+    if supersample > 1:
+        fine = render(field, background, cameras, resolution * supersample, shading=shading, light=light,
+                      occupancy=occupancy, step_size=step_size, stratified=stratified, generator=generator,
+                      return_normals=return_normals, chunk_rays=chunk_rays, prune=prune,
+                      return_distortion=return_distortion, pixel_jitter=pixel_jitter)
+        return average_pool(fine, supersample)
     device = next(iter(field.parameters())).device if isinstance(field, nn.Module) else cameras.azimuth.device
     cameras = cameras.to(device)
-    origins, directions = generate_rays(cameras, resolution)  # [B, H, W, 3] each
     batch = len(cameras)
+    offsets = None
+    if pixel_jitter:
+        offsets = torch.rand(batch, resolution, resolution, 2, generator=generator).to(device)
+    origins, directions = generate_rays(cameras, resolution, offsets)  # [B, H, W, 3] each
     if isinstance(background, nn.Module):
         background_colors = background(directions).reshape(-1, 3)
     elif background is not None:
@@ -413,6 +469,7 @@ def render(
                 generator,
                 return_normals,
                 prune=prune,
+                return_distortion=return_distortion,
             )
         )
 
@@ -422,6 +479,7 @@ def render(
 
     normals = [p.normal for p in parts if p.normal is not None]
     orientation = [p.orientation[:, None] for p in parts if p.orientation is not None]
+    distortion = [p.distortion[:, None] for p in parts if p.distortion is not None]
     return RenderOutput(
         image=image([p.color for p in parts], 3),
         opacity=image([p.opacity[:, None] for p in parts], 1),
@@ -429,4 +487,5 @@ def render(
         normal=image(normals, 3) if len(normals) == len(parts) else None,
         samples=sum(p.samples for p in parts),
         orientation=image(orientation, 1) if len(orientation) == len(parts) else None,
+        distortion=image(distortion, 1) if len(distortion) == len(parts) else None,
     )
