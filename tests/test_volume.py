@@ -279,3 +279,26 @@ def test_supersampling_and_pixel_jitter_approach_the_pixel_area_average():
     assert error["2x2"] < 0.6 * error["centre"] and error["jitter"] < 0.6 * error["centre"], error
     origins, directions = generate_rays(camera, 8, torch.full((1, 8, 8, 2), 0.5))
     torch.testing.assert_close(directions, generate_rays(camera, 8)[1])
+
+
+def test_renders_without_gradients_stop_each_ray_once_opaque():
+    """Without autograd, rays stop being evaluated once their transmittance is below EARLY_STOP: the image
+    moves by less than that, and an opaque sphere's interior and far half are never evaluated."""
+    from dreamdistill.render.volume import EARLY_STOP
+
+    class Counting(AnalyticField):
+        evaluated = 0
+
+        def __call__(self, x):
+            Counting.evaluated += x.shape[0]
+            return super().__call__(x)
+
+    field = Counting(sphere_scene(), 500.0)
+    camera = Cameras(torch.tensor([30.0]), torch.tensor([20.0]), torch.tensor([3.0]), torch.tensor([18.0]))
+    with torch.no_grad():
+        full = render(field, torch.ones(3), camera, 24, shading="diffuse", prune=False)
+        everything, Counting.evaluated = Counting.evaluated, 0
+        stopped = render(field, torch.ones(3), camera, 24, shading="diffuse")
+    assert Counting.evaluated < 0.5 * everything, (Counting.evaluated, everything)
+    assert float((stopped.image - full.image).abs().max()) <= EARLY_STOP
+    assert float((stopped.opacity - full.opacity).abs().max()) <= EARLY_STOP

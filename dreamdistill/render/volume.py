@@ -12,7 +12,9 @@ Rays march with a constant step inside the box. Sampling:
   pass without gradients evaluates the density alone and keeps only the samples that can matter
   (:func:`contributing_samples`: step opacity above ``SKIP_OPACITY`` and transmittance above ``EARLY_STOP``,
   the alpha threshold and early termination of Instant-NGP and nerfacc); the field and its gradients are then
-  computed at those (about a tenth of the marched samples once the shape has formed);
+  computed at those (about a tenth of the marched samples once the shape has formed). Without autograd the
+  field is evaluated front to back in blocks of steps, each block only on rays not yet opaque
+  (:func:`field_until_opaque`);
 - on CUDA with nerfacc: nerfacc's ``OccGridEstimator`` marches (fed by our occupancy grid, with early ray
   termination) and ``render_weight_from_density`` computes the weights.
 Per-ray sums are ``index_add`` over packed samples.
@@ -229,6 +231,29 @@ def distortion_penalty(weights: torch.Tensor, t: torch.Tensor, rays: torch.Tenso
     return segment_sum(pairs + step_size / 3 * weights.square(), rays, ray_count)
 
 
+@torch.no_grad()
+def field_until_opaque(field: RadianceField, positions: torch.Tensor, rays: torch.Tensor, columns: torch.Tensor,
+                       ray_count: int, steps: int, step_size: float, early_stop: float = EARLY_STOP,
+                       block: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Field values of packed samples front to back in blocks of ``block`` steps, each block only on the rays
+    whose transmittance is still above ``early_stop`` (early ray termination without gradients: the interior
+    and far side of a solid object are never evaluated). Returns the evaluated samples' mask [S], their
+    density [S'] and albedo [S', 3], in packed order."""
+    evaluated = torch.zeros_like(rays, dtype=torch.bool)
+    density = positions.new_zeros(rays.shape[0])
+    albedo = positions.new_zeros(rays.shape[0], 3)
+    optical_depth = positions.new_zeros(ray_count)
+    limit = -math.log(early_stop)
+    for start in range(0, steps, block):
+        chosen = torch.nonzero((columns >= start) & (columns < start + block) & (optical_depth[rays] < limit))[:, 0]
+        if chosen.numel() == 0:
+            continue
+        density[chosen], albedo[chosen] = field(positions[chosen])
+        evaluated[chosen] = True
+        optical_depth.index_add_(0, rays[chosen], density[chosen] * step_size)
+    return evaluated, density[evaluated], albedo[evaluated]
+
+
 def lambertian(normals: torch.Tensor, light_directions: torch.Tensor, ambient: torch.Tensor) -> torch.Tensor:
     """Shading factor [S]: ambient + (1 - ambient) * max(0, n . l)."""
     return ambient + (1 - ambient) * (normals * light_directions).sum(dim=-1).clamp(min=0.0)
@@ -282,7 +307,8 @@ def render_rays(
 ) -> RayOutput:
     """Render rays (origins [R, 3], unit directions [R, 3]); ``background`` [R, 3] (default black).
 
-    ``prune``: while autograd records, evaluate the field only at :func:`contributing_samples` (our marching).
+    ``prune``: while autograd records, evaluate the field only at :func:`contributing_samples`; without
+    autograd, only until each ray is opaque (:func:`field_until_opaque`) (our marching).
     ``return_distortion``: also the per-ray :func:`distortion_penalty`.
 
     ``light_positions`` [R, 3] and ``ambient`` [R] are needed by the ``diffuse`` and ``textureless`` shadings.
@@ -306,7 +332,11 @@ def render_rays(
             with torch.no_grad():
                 keep = contributing_samples(field.density(positions), rays, columns, ray_count, steps, step_size)
             rays, t, columns, positions = rays[keep], t[keep], columns[keep], positions[keep]
-        density, albedo = field(positions)  # [S], [S, 3]
+        if not torch.is_grad_enabled() and prune:
+            keep, density, albedo = field_until_opaque(field, positions, rays, columns, ray_count, steps, step_size)
+            rays, t, columns, positions = rays[keep], t[keep], columns[keep], positions[keep]
+        else:
+            density, albedo = field(positions)  # [S], [S, 3]
         sigma_delta = density * step_size
         weights = exclusive_transmittance(sigma_delta, rays, columns, ray_count, steps) * (
             1 - torch.exp(-sigma_delta)
