@@ -221,9 +221,11 @@ def test_orientation_penalty_is_per_sample_with_detached_weights():
     torch.testing.assert_close(normals.grad, torch.tensor([[0.0, 0.0, 2 * 0.5 * 0.8], [0.0, 0.0, 0.0]]))
 
 
-def test_distortion_penalty_matches_the_double_sum():
+@pytest.mark.parametrize("window", [0, 1, 3, 20])
+def test_distortion_penalty_matches_the_double_sum(window):
     """Σ_{i,j} w_i w_j |t_i − t_j| + δ/3 Σ w_i², per ray, against the plain double loop in float64 (rays with
-    gaps in their step indices, an empty ray, a one-sample ray); its gradient too."""
+    gaps in their step indices, an empty ray, a one-sample ray); its gradient too. With a window k > 0 only
+    the pairs at most k steps apart count."""
     from dreamdistill.render.volume import distortion_penalty, positions_along_rays
 
     generator = torch.Generator().manual_seed(3)
@@ -232,11 +234,12 @@ def test_distortion_penalty_matches_the_double_sum():
     t = 0.4 + 0.05 * columns.double()
     weights = torch.rand(7, generator=generator, dtype=torch.float64).requires_grad_()
     step = 0.05
-    penalty = distortion_penalty(weights, t, rays, columns, 4, 8, step)
+    penalty = distortion_penalty(weights, t, rays, columns, 4, 8, step, window)
     expected = []
     for ray in range(4):
-        w, s = weights[rays == ray], t[rays == ray]
-        expected.append(sum(w[i] * w[j] * abs(s[i] - s[j]) for i in range(len(w)) for j in range(len(w)))
+        w, s, c = weights[rays == ray], t[rays == ray], columns[rays == ray]
+        expected.append(sum(w[i] * w[j] * abs(s[i] - s[j]) for i in range(len(w)) for j in range(len(w))
+                            if window == 0 or abs(int(c[i] - c[j])) <= window)
                         + step / 3 * (w**2).sum())
     expected = torch.stack([torch.as_tensor(e, dtype=torch.float64) for e in expected])
     torch.testing.assert_close(penalty, expected)
@@ -245,7 +248,8 @@ def test_distortion_penalty_matches_the_double_sum():
     torch.testing.assert_close(grad, expected_grad)
     packed_columns, longest = positions_along_rays(rays, 4)
     assert packed_columns.tolist() == [0, 1, 2, 3, 0, 1, 0] and longest == 4
-    torch.testing.assert_close(distortion_penalty(weights, t, rays, packed_columns, 4, longest, step), penalty)
+    if window == 0:
+        torch.testing.assert_close(distortion_penalty(weights, t, rays, packed_columns, 4, longest, step), penalty)
 
 
 def test_render_distortion_is_small_for_a_surface_and_large_for_a_haze():

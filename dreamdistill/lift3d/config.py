@@ -57,6 +57,10 @@ class RegularizerConfig:
     distortion: Annotated[float, Range(0, 1e6)] = 0.0
     """Weight of the per-ray distortion Σ_ij w_i w_j |t_i − t_j| + δ/3 Σ w_i² (Mip-NeRF 360; world units):
     gathers each ray's weight into one short interval, so hazy shells become sharp, opaque surfaces."""
+    distortion_window: Annotated[float, Range(0, 4)] = 0.0
+    """Count only the distortion's pairs of samples at most this far apart along the ray (world units; 0: all
+    pairs). Over all pairs, two surfaces on one ray pay for the gap between them: on "a red chair" the backrest
+    (in front of the seat) was removed."""
 
 
 @dataclass

@@ -105,7 +105,9 @@ class Lifter:
         out = render(self.field, self.background, cameras, resolution, shading=shading, light=light,
                      occupancy=self.occupancy, step_size=self.step_size, stratified=True, generator=generator,
                      return_normals=config.regularizers.orientation > 0,
-                     return_distortion=config.regularizers.distortion > 0, pixel_jitter=r.pixel_jitter,
+                     return_distortion=config.regularizers.distortion > 0,
+                     distortion_window=math.ceil(config.regularizers.distortion_window / self.step_size),
+                     pixel_jitter=r.pixel_jitter,
                      supersample=r.supersample)
         views = cameras.view_labels()
         guidance_generator = (fast_path.guidance_generator(step_seed(config.seed, step), generator, self.device)

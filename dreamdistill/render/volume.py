@@ -216,19 +216,30 @@ def positions_along_rays(rays: torch.Tensor, ray_count: int) -> tuple[torch.Tens
 
 
 def distortion_penalty(weights: torch.Tensor, t: torch.Tensor, rays: torch.Tensor, columns: torch.Tensor,
-                       ray_count: int, steps: int, step_size: float) -> torch.Tensor:
+                       ray_count: int, steps: int, step_size: float, window: int = 0) -> torch.Tensor:
     """Per-ray distortion [R] of Mip-NeRF 360 (Barron et al. 2022, Eq. 15) for packed samples sorted by ray and t
     with intervals of length δ = ``step_size``: Σ_{i,j} w_i w_j |t_i − t_j| + δ/3 Σ_i w_i².
 
-    The double sum in O(S): for t sorted along the ray it is 2 Σ_i w_i (t_i Σ_{j<i} w_j − Σ_{j<i} w_j t_j).
-    Small when each ray's weight sits in one short interval (a sharp, opaque surface); a haze spread along the
-    ray pays for its spread."""
+    ``window`` k > 0 counts only the pairs at most k steps apart (a local distortion: a haze thicker than a
+    surface still pays for its spread, but two surfaces on one ray, a chair's backrest in front of its seat,
+    do not pay for the gap between them). ``window`` 0: all pairs, in O(S) as
+    2 Σ_i w_i (t_i Σ_{j<i} w_j − Σ_{j<i} w_j t_j) for t sorted along the ray."""
+    def dense(values: torch.Tensor) -> torch.Tensor:  # [R, K] by step index
+        return values.new_zeros(ray_count, steps).index_put((rays, columns), values)
+
+    self_term = segment_sum(step_size / 3 * weights.square(), rays, ray_count)
+    if window > 0:
+        w, s = dense(weights), dense(t)
+        offsets = range(1, min(window, steps - 1) + 1)
+        pairs = sum((w[:, k:] * w[:, :-k] * (s[:, k:] - s[:, :-k]).abs()).sum(1) for k in offsets)
+        return 2 * pairs + self_term
+
     def before(values: torch.Tensor) -> torch.Tensor:  # Σ_{j<i} values_j on the same ray, packed [S]
-        dense = values.new_zeros(ray_count, steps).index_put((rays, columns), values)
-        return (torch.cumsum(dense, dim=1) - dense)[rays, columns]
+        cumulative = dense(values)
+        return (torch.cumsum(cumulative, dim=1) - cumulative)[rays, columns]
 
     pairs = 2 * weights * (t * before(weights) - before(weights * t))
-    return segment_sum(pairs + step_size / 3 * weights.square(), rays, ray_count)
+    return segment_sum(pairs, rays, ray_count) + self_term
 
 
 @torch.no_grad()
@@ -304,12 +315,14 @@ def render_rays(
     normal_weight_threshold: float = 1e-4,
     prune: bool = True,
     return_distortion: bool = False,
+    distortion_window: int = 0,
 ) -> RayOutput:
     """Render rays (origins [R, 3], unit directions [R, 3]); ``background`` [R, 3] (default black).
 
     ``prune``: while autograd records, evaluate the field only at :func:`contributing_samples`; without
     autograd, only until each ray is opaque (:func:`field_until_opaque`) (our marching).
-    ``return_distortion``: also the per-ray :func:`distortion_penalty`.
+    ``return_distortion``: also the per-ray :func:`distortion_penalty` (over pairs at most ``distortion_window``
+    steps apart; 0: all pairs).
 
     ``light_positions`` [R, 3] and ``ambient`` [R] are needed by the ``diffuse`` and ``textureless`` shadings.
     """
@@ -365,7 +378,7 @@ def render_rays(
         orientation = segment_sum(orientation_penalty(weights, normals, directions[rays]), rays, ray_count)
     distortion = None
     if return_distortion:
-        distortion = distortion_penalty(weights, t, rays, columns, ray_count, steps, step_size)
+        distortion = distortion_penalty(weights, t, rays, columns, ray_count, steps, step_size, distortion_window)
     if background is not None:
         color = color + (1 - opacity)[:, None] * background
     return RayOutput(color, opacity, depth, normal, int(rays.numel()), orientation, distortion)
@@ -439,6 +452,7 @@ def render(
     chunk_rays: int = 1 << 14,
     prune: bool = True,
     return_distortion: bool = False,
+    distortion_window: int = 0,
     pixel_jitter: bool = False,
     supersample: int = 1,
 ) -> RenderOutput:
@@ -448,7 +462,8 @@ def render(
     a colour tensor [3], or None (black). ``stratified`` jitters samples (default: while ``field`` trains).
     Lit shadings use ``light`` (default: headlights). Rays are rendered in chunks of ``chunk_rays``.
     ``prune``: skip samples that cannot matter while training (see :func:`render_rays`).
-    ``return_distortion``: also the per-ray distortion (:func:`distortion_penalty`).
+    ``return_distortion``: also the per-ray distortion (:func:`distortion_penalty`, over pairs at most
+    ``distortion_window`` steps apart; 0: all pairs).
     ``pixel_jitter``: each ray through a random point of its pixel (drawn from ``generator``) instead of the
     centre. ``supersample`` s > 1: render at s × ``resolution`` and average s × s blocks (:func:`average_pool`),
     as the toy world's ray tracer renders its images (2 × 2).
@@ -457,7 +472,8 @@ def render(
         fine = render(field, background, cameras, resolution * supersample, shading=shading, light=light,
                       occupancy=occupancy, step_size=step_size, stratified=stratified, generator=generator,
                       return_normals=return_normals, chunk_rays=chunk_rays, prune=prune,
-                      return_distortion=return_distortion, pixel_jitter=pixel_jitter)
+                      return_distortion=return_distortion, distortion_window=distortion_window,
+                      pixel_jitter=pixel_jitter)
         return average_pool(fine, supersample)
     device = next(iter(field.parameters())).device if isinstance(field, nn.Module) else cameras.azimuth.device
     cameras = cameras.to(device)
@@ -500,6 +516,7 @@ def render(
                 return_normals,
                 prune=prune,
                 return_distortion=return_distortion,
+                distortion_window=distortion_window,
             )
         )
 
