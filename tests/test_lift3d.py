@@ -1,5 +1,6 @@
 """The text-to-3D loop end to end on tiny random teachers: every preset, resume, bad input, helpers."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -165,6 +166,10 @@ def test_regularisers_are_counted_per_model_element():
         assert float(losses["opacity_entropy"]) == pytest.approx(0.1 * entropy_per_pixel * 512 * per_image, rel=1e-5)
         assert float(losses["orientation"]) == pytest.approx(0.2 * 0.25 * 512 * per_image, rel=1e-6)
         assert float(losses["distortion"]) == pytest.approx(0.3 * 0.125 * 512 * per_image, rel=1e-6)
+    ramped = dataclasses.replace(config, distortion_from=0.5)
+    assert "distortion" not in regularizer_losses(ramped, out, 0.5, 3072)
+    late = regularizer_losses(ramped, out, 0.75, 3072)["distortion"]
+    assert float(late) == pytest.approx(0.5 * float(regularizer_losses(config, out, 0.75, 3072)["distortion"]))
 
 
 def test_eval_rescores_a_run_like_its_own_metrics(tiny_pixel_teacher_dir, tmp_path, capsys):

@@ -57,6 +57,10 @@ class RegularizerConfig:
     distortion: Annotated[float, Range(0, 1e6)] = 0.0
     """Weight of the per-ray distortion Σ_ij w_i w_j |t_i − t_j| + δ/3 Σ w_i² (Mip-NeRF 360; world units):
     gathers each ray's weight into one short interval, so hazy shells become sharp, opaque surfaces."""
+    distortion_from: Annotated[float, Range(0, 1, open_high=True)] = 0.0
+    """Fraction of the run after which the distortion weight ramps linearly from 0 to ``distortion`` at the end
+    (0: full weight throughout). From the first step it removed the red chair's backrest and seat while they
+    were still translucent."""
     distortion_window: Annotated[float, Range(0, 4)] = 0.0
     """Count only the distortion's pairs of samples at most this far apart along the ray (world units; 0: all
     pairs). Over all pairs, two surfaces on one ray pay for the gap between them: on "a red chair" the backrest

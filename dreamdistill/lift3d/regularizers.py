@@ -40,6 +40,7 @@ def regularizer_losses(config: RegularizerConfig, out: RenderOutput, progress: f
         losses["opacity_entropy"] = entropy_weight * binary_entropy(out.opacity).sum() * per_image
     if config.orientation and out.orientation is not None:
         losses["orientation"] = config.orientation * out.orientation.sum() * per_image
-    if config.distortion and out.distortion is not None:
-        losses["distortion"] = config.distortion * out.distortion.sum() * per_image
+    distortion_weight = ramp_weight(config.distortion, config.distortion_from, progress)
+    if distortion_weight and out.distortion is not None:
+        losses["distortion"] = distortion_weight * out.distortion.sum() * per_image
     return losses
