@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,33 @@ def test_entropy_ramp():
     assert ramp_weight(0.5, 0.5, 0.25) == 0.0
     assert ramp_weight(0.5, 0.5, 0.75) == pytest.approx(0.25)
     assert ramp_weight(0.5, 0.5, 1.0) == pytest.approx(0.5)
+
+
+def test_step_wires_the_render_options_and_the_distortion_term(tiny_pixel_teacher_dir, monkeypatch):
+    """Lifter.step hands render.pixel_jitter / supersample and the distortion window (world units -> marching
+    steps) to the renderer, and the distortion term enters the loss with its ramped weight: absent before
+    ``distortion_from``, positive at the end of the run."""
+    import dreamdistill.lift3d.lifter as lifter_module
+    from dreamdistill.config import load_config
+    from dreamdistill.lift3d import Lifter, load_teacher
+
+    settings = TINY + ["prompt=a red chair", f"teacher={tiny_pixel_teacher_dir}", "device=cpu", "steps=10",
+                       "render.pixel_jitter=true", "render.supersample=2", "regularizers.distortion=3.0",
+                       "regularizers.distortion_from=0.5", "regularizers.distortion_window=0.2"]
+    config = load_config(LiftConfig, "configs/toy-sds.yaml", settings)
+    teacher = load_teacher(config)
+    calls, real_render = [], lifter_module.render
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(lifter_module, "render", spy)
+    lifter = Lifter(config, teacher)
+    early = lifter.step(0)
+    assert calls[-1]["pixel_jitter"] is True and calls[-1]["supersample"] == 2
+    assert calls[-1]["return_distortion"] is True
+    assert calls[-1]["distortion_window"] == math.ceil(0.2 / lifter.step_size) >= 2
+    assert "distortion" not in early
+    late = lifter.step(9)
+    assert late["distortion"] > 0
