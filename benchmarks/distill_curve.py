@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(DistillConfig, preset_path(args.method),
                          [f"out={out}", *CPU_RECIPE, *args.overrides], base={"method": args.method})
     folder = distill(config, teacher=teacher)
-    measure(Teacher.from_pretrained(folder, device="cpu", dtype=torch.float32).unet, config.loop.steps)
+    saved = json.loads((Path(folder) / "dreamdistill_teacher.json").read_text())
+    trained = sum((saved.get("steps_trained") or {}).values()) or config.loop.steps  # fewer after loop.max_minutes
+    measure(Teacher.from_pretrained(folder, device="cpu", dtype=torch.float32).unet, trained)
     log = Path(f"{str(folder).rstrip('/')}-work") / "log.jsonl"
     write_json_atomic(curve_path, {
         "command": "python benchmarks/distill_curve.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -544,6 +544,17 @@ def test_sid_generator_loss_gradient_and_fake_dsm_match_a_float64_oracle(pixel, 
     torch.testing.assert_close(grad.double(), expected_grad, atol=1e-4 * expected_grad.abs().max(), rtol=1e-3)
 
 
+def test_sid_fake_warmup_steps_update_only_the_fake(pixel):
+    """During sid.fake_warmup_steps the step trains the fake denoiser alone (no generator loss is handed over)."""
+    from dreamdistill.distill import sid
+
+    config = _distill_config("sid")
+    config.sid.fake_warmup_steps = 1
+    run = OneStepRun()
+    sid.distill_sid(run, pixel, config)
+    assert set(run.contexts["sid"].losses) == {"fake"}
+
+
 @dataclass
 class TrainingContext(RecordingContext):
     """A recording context whose ``update`` takes a real optimiser step."""
