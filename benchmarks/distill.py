@@ -1,7 +1,7 @@
 """Distilled students against their teacher on the toy world: Fréchet distance, prompt fidelity, PSNR, speed.
 
     python benchmarks/distill.py [--teacher toy] [--students assets] [--num 2000] [--device cuda]
-                                 [--cache runs/distill-cache] [--time-num 16]
+                                 [--cache runs/distill-cache] [--time-num 16] [--floor-num 4096]
                                  [--train [--train-steps N --train-batch B]] [--out benchmarks/results/distill.json]
 
 Rows, all measured in one run on the same N prompts (captions of fresh toy-world renders from a seed
@@ -16,9 +16,11 @@ everything that makes them; a cached teacher row is re-timed on its first --time
 still come from this run.
 Columns:
 - fd: Fréchet distance between the evaluator's features of the samples and of the N real renders
-  (fd_floor in the JSON: two independent real sets of N, the smallest FD N samples can show);
+  (fd_floor in the JSON: the N real renders against N independent ones, the smallest FD N samples can show);
 - kid, kid_se: kernel inception distance (unbiased at any N) with its standard error over 10 disjoint
-  blocks (kid_floor: the same for two independent real sets); ``comparisons`` gives paired KID differences
+  blocks (kid_floor: the same for two further independent real sets of --floor-num renders each; real renders
+  are cheap, and the floor's standard error must be small for the teacher's row to stand clear of it, since
+  KID is unbiased the floor's expected value is 0 at any size); ``comparisons`` gives paired KID differences
   (both rows against the same real blocks) with their standard errors, and calls a row better or worse only
   when the gap exceeds two of them;
 - prompt fidelity: the evaluator's category and colour agree with the prompt (and its view, for
@@ -74,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="prompts a cached teacher row is re-timed on (speed-ups stay within one run)")
     parser.add_argument("--evaluator", type=Path, default=None, help="evaluator folder (default: the shipped one)")
     parser.add_argument("--num", type=int, default=2000, help="samples per row (and real renders)")
+    parser.add_argument("--floor-num", type=int, default=4096,
+                        help="real renders in each of the two independent sets of the KID floor")
     parser.add_argument("--batch", type=int, default=250, help="sampling batch size")
     parser.add_argument("--teacher-steps", default="64,16,8,4,1", help="comma-separated DDIM steps of teacher rows")
     parser.add_argument("--reference-steps", type=int, default=64, help="teacher steps of the PSNR reference")
@@ -228,7 +232,8 @@ def training_summary(folder: Path) -> dict | None:
                        fake_learning_rate=recipe["dmd"].get("fake_learning_rate"))
     if method == "sid":
         summary.update(alpha=recipe["sid"]["alpha"], fake_steps=recipe["sid"]["fake_steps"],
-                       fake=recipe["sid"]["fake"], fake_learning_rate=recipe["sid"].get("fake_learning_rate"))
+                       fake=recipe["sid"]["fake"], fake_learning_rate=recipe["sid"].get("fake_learning_rate"),
+                       fake_cfg=recipe["sid"].get("fake_cfg", 1.0), adam_beta1=recipe["sid"].get("adam_beta1", 0.9))
     if method in ("kd", "dmd"):
         summary["rollout_steps"] = recipe["data"]["rollout_steps"]
     if saved.get("steps_trained"):
@@ -280,15 +285,19 @@ def run(args: argparse.Namespace) -> dict:
     teacher_steps = [args.reference_steps] + [s for s in teacher_steps if s != args.reference_steps]
     evaluator = Evaluator.load(args.evaluator, device=device)
 
-    print(f"rendering {args.num} real toy-world images (and {args.num} more for the FD floor)...", flush=True)
+    print(f"rendering {args.num} real toy-world images (and {args.num} + 2 × {args.floor_num} more for the "
+          "floors)...", flush=True)
     real = render_dataset(args.num, seed=args.seed)
     evaluator_file = Path(args.evaluator or default_evaluator_path()) / "model.safetensors"
     evaluator_id = (repo_relative(evaluator_file), evaluator_file.stat().st_size)
     real_features, floor_features = cached(
         args.cache / f"real-features-{cache_key(args.num, args.seed, *evaluator_id)}.pt",
         lambda: (evaluator.embed(real.images), evaluator.embed(render_dataset(args.num, seed=args.seed + 1).images)))
+    kid_floor_a, kid_floor_b = cached(
+        args.cache / f"floor-features-{cache_key(args.floor_num, args.seed, *evaluator_id)}.pt",
+        lambda: tuple(evaluator.embed(render_dataset(args.floor_num, seed=args.seed + k).images) for k in (2, 3)))
     fd_floor = frechet_distance(real_features, floor_features)
-    kid_floor = kernel_inception_distance(floor_features, real_features)
+    kid_floor = kernel_inception_distance(kid_floor_a, kid_floor_b)
     prompts = real.captions
     noise = torch.randn((args.num, *teacher.model_shape), generator=torch.Generator().manual_seed(args.seed))
 
@@ -356,7 +365,7 @@ def run(args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "teacher": repo_relative(teacher.info.path), "cfg": cfg, "num_samples": args.num, "seed": args.seed,
-        "fd_floor": round(fd_floor, 4), "kid_floor": [round(v, 6) for v in kid_floor],
+        "fd_floor": round(fd_floor, 4), "kid_floor": [round(v, 6) for v in kid_floor], "kid_floor_num": args.floor_num,
         "rows": rows, "comparisons": comparisons, "checks": checks, "targets": TARGETS, "training_curves": curves,
         "figure": repo_relative(figure_path),
     }
@@ -394,9 +403,9 @@ def acceptance(by_name: dict[str, dict], base: dict, kid_floor: tuple[float, flo
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.num < 4 or args.batch < 1 or args.time_num < 1:
-            raise DreamDistillError("--num must be at least 4 (KID's standard error needs 2 blocks of 2), --batch "
-                                    "and --time-num at least 1")
+        if args.num < 4 or args.floor_num < 4 or args.batch < 1 or args.time_num < 1:
+            raise DreamDistillError("--num and --floor-num must be at least 4 (KID's standard error needs 2 blocks "
+                                    "of 2), --batch and --time-num at least 1")
         result = run(args)
     except DreamDistillError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -24,11 +24,12 @@ else
     --set data.rollout_steps=16 --set data.generate_batch=64 --set loop.learning_rate=2e-5 \
     --set dmd.fake_learning_rate=1e-4 $COMMON
 fi
-# SiD at DMD's budget: the same steps, batch and learning rates, and at most DMD's training minutes (one fake update
-# per generator update, as in the SiD paper, against DMD's two; no teacher rollouts, no regression loss).
+# SiD at DMD's budget: the same steps, batch and generator learning rate, and at most DMD's training minutes (one
+# fake update per generator update, as in the SiD paper, against DMD's two; the fake at the generator's learning rate,
+# as in the SiD code; no teacher rollouts, no regression loss). The preset's α = 1, guided fake and Adam β1 = 0.
 MINUTES=$(python -c "from dreamdistill.distill.student import training_minutes as t; print(t('students/dmd-work')['dmd'])")
 dreamdistill distill sid --steps $((300 * X)) --batch-size 8 --set loop.learning_rate=2e-5 \
-  --set sid.fake_learning_rate=1e-4 --set loop.max_minutes="$MINUTES" $COMMON
+  --set sid.fake_learning_rate=2e-5 --set loop.max_minutes="$MINUTES" $COMMON
 python benchmarks/ship_students.py  # students/{pd,dmd,sid} -> assets/toy-{pd4,dmd,sid} (fp16)
 python benchmarks/distill.py --students assets --num 256 --batch 64 --device cpu
 # Not shipped, measured with --students students when trained (the earlier table's CPU recipes):

@@ -146,7 +146,7 @@ def test_benchmark_script_runs_on_tiny_models(tiny_pixel_teacher_dir, tmp_path):
     argv = ["--teacher", str(tiny_pixel_teacher_dir), "--students", str(tmp_path / "students"),
             "--evaluator", str(tmp_path / "evaluator"), "--num", "4", "--batch", "4", "--teacher-steps",
             "2,1", "--reference-steps", "2", "--device", "cpu", "--out", str(out), "--cache", str(tmp_path / "cache"),
-            "--time-num", "2"]
+            "--time-num", "2", "--floor-num", "8"]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     rows = {row["name"]: row for row in result["rows"]}
@@ -158,7 +158,8 @@ def test_benchmark_script_runs_on_tiny_models(tiny_pixel_teacher_dir, tmp_path):
     same = result["comparisons"]["sid_vs_dmd"]  # the same weights: a zero paired difference, never "better"
     assert same["kid_difference"] == 0 and same["verdict"] == "within two standard errors"
     assert len(result["kid_floor"]) == 2 and "kid_floor_below_teacher64" in result["checks"]
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3  # real features, teacher-2, teacher-1
+    assert result["kid_floor_num"] == 8
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 4  # real features, floor features, teacher-2, teacher-1
 
     assert bench.main(argv) == 0
     again = {row["name"]: row for row in json.loads(out.read_text())["rows"]}

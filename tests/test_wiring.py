@@ -252,7 +252,7 @@ class OneStepRun:
     def __init__(self):
         self.contexts = {}
 
-    def phase(self, name, modules, step_fn, learning_rates=None):
+    def phase(self, name, modules, step_fn, learning_rates=None, betas=None):
         self.contexts[name] = ctx = context(modules)
         step_fn(ctx)
         return modules
@@ -418,10 +418,12 @@ def test_sid_generator_gradient_matches_the_closed_form():
     torch.testing.assert_close(x_g.grad[0], expected)
 
 
-def test_sid_step_wiring_real_cfg_fake_trains_and_is_not_updated_by_the_generator(pixel, monkeypatch):
+@pytest.mark.parametrize("fake_cfg", [None, 1.0])
+def test_sid_step_wiring_real_cfg_fake_trains_and_is_not_updated_by_the_generator(pixel, monkeypatch, fake_cfg):
     """One SiD step: the real x̂0 is the CFG teacher's and the fake x̂0 the fake denoiser's at the noised generator
-    sample (not swapped); the fake denoiser gets a DSM loss of its own; the generator loss reaches the generator
-    through the denoisers' inputs but leaves the fake denoiser's gradients empty."""
+    sample (not swapped), the fake guided with sid.fake_cfg (None: the real's weight); the fake denoiser gets a DSM
+    loss of its own; the generator loss reaches the generator through the denoisers' inputs but leaves the fake
+    denoiser's gradients empty."""
     from dreamdistill.distill import sid
     from dreamdistill.distill.data import training_prompts
 
@@ -430,6 +432,7 @@ def test_sid_step_wiring_real_cfg_fake_trains_and_is_not_updated_by_the_generato
     monkeypatch.setattr(sid, "sid_generator_loss", lambda **kw: recorded.update(kw) or original(**kw))
     config = _distill_config("sid")
     config.sid.t_range = (0.3, 0.7)
+    config.sid.fake_cfg = fake_cfg
     run = OneStepRun()
     sid.distill_sid(run, pixel, config)
     ctx = run.contexts["sid"]
@@ -445,12 +448,111 @@ def test_sid_step_wiring_real_cfg_fake_trains_and_is_not_updated_by_the_generato
     torch.testing.assert_close(recorded["x0_real"].detach().double(),
                                oracle_x0_eps(pixel, pixel.unet, x_t, t, text, 4.0)[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(recorded["x0_fake"].detach().double(),
-                               oracle_x0_eps(pixel, pixel.unet, x_t, t, text)[0], atol=1e-4, rtol=1e-4)
+                               oracle_x0_eps(pixel, pixel.unet, x_t, t, text, fake_cfg or 4.0)[0], atol=1e-4,
+                               rtol=1e-4)
     assert recorded["x0_real"].requires_grad and recorded["x0_fake"].requires_grad  # through the denoisers
     fake, generator = ctx.models["fake"], ctx.models["generator"]
     ctx.losses["generator"].backward()
     assert all(p.grad is None for p in fake.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in generator.parameters())
+
+
+def _double_x0(teacher, unet, x_t, t, text, w):
+    """x̂0 of a float64 v-prediction UNet with CFG w on the raw output, differentiable in x_t (oracle)."""
+    ab = alpha_bar(teacher, t)
+    a, s = ab.sqrt(), (1 - ab).sqrt()
+    v = unet(x_t, t, encoder_hidden_states=text.double()).sample
+    if w != 1.0:
+        v_uncond = unet(x_t, t, encoder_hidden_states=teacher.uncond_embedding(x_t.shape[0]).double()).sample
+        v = v_uncond + w * (v - v_uncond)
+    return a * x_t - s * v
+
+
+@pytest.mark.parametrize(("alpha", "fake_cfg"), [(1.2, None), (1.0, 1.0)])
+def test_sid_generator_loss_gradient_and_fake_dsm_match_a_float64_oracle(pixel, monkeypatch, alpha, fake_cfg):
+    """Golden values of one whole SiD step on a tiny teacher, rebuilt in float64 from the UNets themselves (the
+    diffusers ᾱ table, CFG and the v → x̂0 conversion by hand), with a perturbed fake denoiser so that f_φ ≠ f_ψ:
+    - the generator loss mean_b Σ (f_φ − f_ψ)ᵀ[(f_φ − x_g) − α(f_φ − f_ψ)] / sg(mean|x_g − f_φ|) at x_t of the
+      generator sample, f_φ the teacher with CFG w = 4 and f_ψ the fake with CFG fake_cfg (None: 4),
+    - its gradient in x_g, through x_g and both denoisers' inputs (the normaliser held constant),
+    - the fake's DSM loss: its guided v-output against v = α ε − σ x on fresh generator samples at t ~ U[0, T).
+    Breaking the sign, α, the stop-gradient on the normaliser, the fake's guidance or its DSM target fails it."""
+    import copy
+
+    from dreamdistill.distill import sid
+    from dreamdistill.distill.data import training_prompts
+    from dreamdistill.distill.fake_score import fake_score
+
+    def perturbed_fake(teacher, kind, rank=16):
+        fake = fake_score(teacher, kind, rank)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in fake.parameters():
+                p.add_(0.05 * p.abs().mean() * torch.randn(p.shape, generator=g))
+        return fake
+
+    recorded = {}
+    original = sid.sid_generator_loss
+    monkeypatch.setattr(sid, "sid_generator_loss", lambda **kw: recorded.update(kw) or original(**kw))
+    monkeypatch.setattr(sid, "fake_score", perturbed_fake)
+    config = _distill_config("sid")
+    config.sid.t_range, config.sid.alpha, config.sid.fake_cfg = (0.3, 0.7), alpha, fake_cfg
+    run = OneStepRun()
+    sid.distill_sid(run, pixel, config)
+    ctx = run.contexts["sid"]
+    w_fake = fake_cfg or 4.0
+    teacher64 = copy.deepcopy(pixel.unet).double()
+    fake64 = copy.deepcopy(ctx.models["fake"]).double().requires_grad_(False)
+    prompts = training_prompts(pixel, None)
+    T = pixel.schedule.num_train_timesteps
+    top = torch.full((2,), T - 1)
+
+    # the fake's DSM step (the first four draws): guided output vs the v target on a fresh generator sample
+    index, noise, t, eps = ctx.draws[:4]
+    text = pixel.encode_text([prompts[i] for i in index.tolist()])
+    with torch.no_grad():
+        x = _double_x0(pixel, teacher64, noise.double(), top, text, 1.0)  # a fresh generator is the teacher
+        ab = alpha_bar(pixel, t)
+        x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps.double()
+        v = fake64(x_t, t, encoder_hidden_states=text.double()).sample
+        v_uncond = fake64(x_t, t, encoder_hidden_states=pixel.uncond_embedding(2).double()).sample
+        v = v_uncond + w_fake * (v - v_uncond)
+        target = ab.sqrt() * eps.double() - (1 - ab).sqrt() * x
+        expected_dsm = (v - target).square().mean()
+    torch.testing.assert_close(ctx.losses["fake"].double(), expected_dsm, atol=1e-6, rtol=1e-4)
+
+    # the generator loss and its gradient in x_g (the last four draws)
+    index, noise, t_offset, eps = ctx.draws[-4:]
+    text = pixel.encode_text([prompts[i] for i in index.tolist()])
+    with torch.no_grad():
+        x0 = _double_x0(pixel, teacher64, noise.double(), top, text, 1.0)
+    x_g = x0.clone().requires_grad_(True)
+    t = int(0.3 * T) + t_offset
+    ab = alpha_bar(pixel, t)
+    x_t = ab.sqrt() * x_g + (1 - ab).sqrt() * eps.double()
+    real = _double_x0(pixel, teacher64, x_t, t, text, 4.0)
+    fake = _double_x0(pixel, fake64, x_t, t, text, w_fake)
+    n = (x_g - real).abs().flatten(1).mean(dim=1).detach()
+    r = real - fake
+    expected = ((r * ((real - x_g) - alpha * r)).flatten(1).sum(dim=1) / n).mean()
+    (expected_grad,) = torch.autograd.grad(expected, x_g)
+    loss = ctx.losses["generator"]
+    (grad,) = torch.autograd.grad(loss, recorded["x"])
+    assert r.abs().mean() > 1e-3  # the perturbed fake differs from the teacher: the terms in r are exercised
+    torch.testing.assert_close(recorded["x"].detach().double(), x0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(loss.double(), expected.detach(), atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(grad.double(), expected_grad, atol=1e-4 * expected_grad.abs().max(), rtol=1e-3)
+
+
+def test_sid_fake_warmup_steps_update_only_the_fake(pixel):
+    """During sid.fake_warmup_steps the step trains the fake denoiser alone (no generator loss is handed over)."""
+    from dreamdistill.distill import sid
+
+    config = _distill_config("sid")
+    config.sid.fake_warmup_steps = 1
+    run = OneStepRun()
+    sid.distill_sid(run, pixel, config)
+    assert set(run.contexts["sid"].losses) == {"fake"}
 
 
 @dataclass
@@ -472,7 +574,7 @@ class TrainingRun(OneStepRun):
         super().__init__()
         self.steps = steps
 
-    def phase(self, name, modules, step_fn, learning_rates=None):
+    def phase(self, name, modules, step_fn, learning_rates=None, betas=None):
         optimizers = {k: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
                       for k, m in modules.items()}
         for step in range(self.steps):

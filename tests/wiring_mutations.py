@@ -45,6 +45,18 @@ MUTATIONS = [
      "test_sid_generator_gradient"),
     ("dreamdistill/distill/sid.py", "x0_real = real(x_t, t, text, config.cfg).x0", "x0_real = real(x_t, t, text).x0",
      "test_sid_step"),
+    ("dreamdistill/distill/sid.py", '(fake, "cfg")(x_t, t, text, fake_cfg).x0', '(fake, "cfg")(x_t, t, text).x0',
+     "test_sid_step or test_sid_generator_loss"),
+    ("dreamdistill/distill/sid.py", "    with torch.no_grad():\n        normaliser", "    if True:\n        normaliser",
+     "test_sid_generator_loss"),
+    ("dreamdistill/distill/sid.py", "((x0_real - x) - alpha * gap)", "((x0_real - x) - 1.2 * gap)",
+     "test_sid_generator_loss"),
+    ("dreamdistill/distill/sid.py", "x = generate(teacher, generator, ctx.randn(batch_size, *shape), text, timestep)",
+     "x = generate(teacher, generator, ctx.randn(batch_size, *shape), text, timestep).detach()",
+     "test_sid_generator_loss"),
+    ("dreamdistill/distill/fake_score.py", "(x_t, t, text, guidance)", "(x_t, t, text)", "test_sid_generator_loss"),
+    ("dreamdistill/distill/fake_score.py", "prediction_type=teacher.prediction_type)", 'prediction_type="epsilon")',
+     "test_sid_generator_loss"),
 ]
 
 

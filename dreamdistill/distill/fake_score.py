@@ -39,8 +39,11 @@ def fake_score(teacher: Teacher, kind: FakeKind, lora_rank: int = 16,
 
 
 def update_fake(ctx: StepContext, teacher: Teacher, draw_text: Callable[[StepContext], torch.Tensor],
-                timestep: int, batch_size: int) -> torch.Tensor:
-    """One DSM step of ``ctx.models["fake"]`` on fresh samples of ``ctx.models["generator"]``; returns the loss."""
+                timestep: int, batch_size: int, guidance: float = 1.0) -> torch.Tensor:
+    """One DSM step of ``ctx.models["fake"]`` on fresh samples of ``ctx.models["generator"]``; returns the loss.
+
+    ``guidance`` ≠ 1 trains the fake's classifier-free-guided output (unconditional + w (conditional −
+    unconditional), SiD-LSG's κ1) instead of its conditional one."""
     shape = teacher.model_shape
     text = draw_text(ctx)
     with torch.no_grad():
@@ -49,8 +52,8 @@ def update_fake(ctx: StepContext, teacher: Teacher, draw_text: Callable[[StepCon
     eps = ctx.randn(batch_size, *shape)
     alpha, sigma = teacher.schedule.alpha_sigma(t)
     x_t = add_noise(x0=x, eps=eps, alpha=alpha, sigma=sigma)
-    loss = denoising_loss(teacher.model_output(x_t, t, text, ctx.models["fake"]), x0=x, eps=eps, alpha=alpha,
-                          sigma=sigma, prediction_type=teacher.prediction_type)
+    output = teacher.denoiser(ctx.models["fake"], "cfg").raw(x_t, t, text, guidance)
+    loss = denoising_loss(output, x0=x, eps=eps, alpha=alpha, sigma=sigma, prediction_type=teacher.prediction_type)
     ctx.update("fake", loss)
     return loss
 

@@ -157,11 +157,13 @@ class Run:
                 log.write(json.dumps(record) + "\n")
 
     def phase(self, name: str, modules: dict[str, nn.Module], step_fn: StepFunction,
-              learning_rates: dict[str, float] | None = None) -> dict[str, nn.Module]:
+              learning_rates: dict[str, float] | None = None,
+              betas: dict[str, tuple[float, float]] | None = None) -> dict[str, nn.Module]:
         """Train ``modules`` for ``config.steps`` steps (resuming from WORK_DIR/NAME.pt); returns them unwrapped.
 
         A finished phase is loaded from its checkpoint and skipped. Every parameter with
-        ``requires_grad`` gets an AdamW optimiser; ``learning_rates`` overrides the rate per module.
+        ``requires_grad`` gets an AdamW optimiser; ``learning_rates`` overrides the rate per module, ``betas``
+        Adam's (β1, β2) per module (default (0.9, 0.999)).
         """
         config, accelerator = self.config, self.accelerator
         path = self.work_dir / f"{name}.pt"
@@ -187,7 +189,8 @@ class Run:
             params = [p for p in module.parameters() if p.requires_grad]
             if not params:
                 raise DreamDistillError(f"phase {name}: module {key!r} has no trainable parameters")
-            optimizers[key] = torch.optim.AdamW(params, lr=rates[key], weight_decay=0.0)
+            optimizers[key] = torch.optim.AdamW(params, lr=rates[key], weight_decay=0.0,
+                                                betas=(betas or {}).get(key, (0.9, 0.999)))
             if state is not None and key in state.get("optimizers", {}):
                 optimizers[key].load_state_dict(state["optimizers"][key])
         keys = list(modules)
