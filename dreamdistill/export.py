@@ -2,8 +2,9 @@
 
 Pipeline (:func:`extract_mesh`):
 1. a coarse density grid over the scene box [-1, 1]^3 (evaluated in chunks, no autograd);
-2. the threshold: the override, else :func:`auto_threshold`: the density at which one marching step of the
-   renderer is half opaque (what the renders show as surface), lowered for faint scenes;
+2. the threshold: the override, else (an sdf field, in :func:`export_meshes`) the density on its level set
+   d = 0, else :func:`auto_threshold`: the density at which one marching step of the renderer is half opaque
+   (what the renders show as surface), lowered for faint scenes;
 3. the tight bounding box of the coarse cells above the threshold that belong to large connected components,
    grown by a margin of coarse cells;
 4. a fine grid over that box (``resolution`` samples along its longest side, cubic voxels), zero-padded so
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -355,6 +356,8 @@ def export_meshes(field_: Field, config: ExportConfig, folder: Path, device: tor
     def albedo(x: torch.Tensor) -> torch.Tensor:
         return field_(x)[1]
 
+    if config.threshold is None and field_.surface_density() is not None:  # an sdf: its level set d = 0
+        config = replace(config, threshold=field_.surface_density())
     mesh = extract_mesh(field_.density, albedo, config, device, step_size=step_size)
     written = write_mesh(mesh, folder, config.formats)
     if config.texture_size:

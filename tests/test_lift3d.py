@@ -158,8 +158,9 @@ def test_regularisers_are_counted_per_model_element():
     opacity = torch.full((2, 1, 16, 16), 0.5)
     orientation = torch.full((2, 1, 16, 16), 0.25)
     distortion = torch.full((2, 1, 16, 16), 0.125)
-    out = RenderOutput(torch.zeros(2, 3, 16, 16), opacity, opacity, None, 0, orientation, distortion)
-    config = RegularizerConfig(opacity_entropy=0.1, orientation=0.2, distortion=0.3)
+    eikonal = torch.full((2, 1, 16, 16), 0.0625)
+    out = RenderOutput(torch.zeros(2, 3, 16, 16), opacity, opacity, None, 0, orientation, distortion, eikonal)
+    config = RegularizerConfig(opacity_entropy=0.1, orientation=0.2, distortion=0.3, eikonal=0.4)
     entropy_per_pixel = 0.6931471805599453  # −½ log ½ · 2
     for elements in (3 * 32 * 32, 4 * 64 * 64):
         losses = regularizer_losses(config, out, 1.0, elements)
@@ -167,6 +168,7 @@ def test_regularisers_are_counted_per_model_element():
         assert float(losses["opacity_entropy"]) == pytest.approx(0.1 * entropy_per_pixel * 512 * per_image, rel=1e-5)
         assert float(losses["orientation"]) == pytest.approx(0.2 * 0.25 * 512 * per_image, rel=1e-6)
         assert float(losses["distortion"]) == pytest.approx(0.3 * 0.125 * 512 * per_image, rel=1e-6)
+        assert float(losses["eikonal"]) == pytest.approx(0.4 * 0.0625 * 512 * per_image, rel=1e-6)
     ramped = dataclasses.replace(config, distortion_from=0.5)
     assert "distortion" not in regularizer_losses(ramped, out, 0.5, 3072)
     late = regularizer_losses(ramped, out, 0.75, 3072)["distortion"]
@@ -278,3 +280,43 @@ def test_step_wires_the_render_options_and_the_distortion_term(tiny_pixel_teache
     assert "distortion" not in early
     late = lifter.step(9)
     assert late["distortion"] > 0
+
+
+def test_step_anneals_beta_and_adds_the_eikonal_term(tiny_pixel_teacher_dir, monkeypatch, tmp_path):
+    """With scene.geometry=sdf, Lifter.step sets the field's β from the schedule before rendering (sdf_beta at
+    step 0, sdf_beta_end at the end), asks the renderer for the eikonal term and adds it with its weight; the
+    checkpoint carries β, and the exported mesh is the level set d = 0 (threshold 1/(2β))."""
+    import dreamdistill.lift3d.lifter as lifter_module
+    from dreamdistill.config import load_config
+    from dreamdistill.lift3d import Lifter, load_teacher
+    from dreamdistill.lift3d.run import optimise
+    from dreamdistill.lift3d.scene import load_scene
+
+    settings = TINY + ["prompt=a red chair", f"teacher={tiny_pixel_teacher_dir}", "device=cpu", "steps=4",
+                       "scene.geometry=sdf", "scene.sdf_beta=0.2", "scene.sdf_beta_end=0.05",
+                       "regularizers.eikonal=0.5", "regularizers.distortion=0"]
+    config = load_config(LiftConfig, "configs/toy-sds.yaml", settings)
+    teacher = load_teacher(config)
+    seen, real_render = [], lifter_module.render
+
+    def spy(field, *args, **kwargs):
+        seen.append((float(field.beta), kwargs["return_eikonal"]))
+        return real_render(field, *args, **kwargs)
+
+    monkeypatch.setattr(lifter_module, "render", spy)
+    lifter = Lifter(config, teacher)
+    first = lifter.step(0)
+    assert seen[-1] == (pytest.approx(0.2), True)
+    assert first["eikonal"] >= 0
+    lifter.step(2)
+    assert seen[-1][0] == pytest.approx(0.2 * (0.05 / 0.2) ** 0.5)
+    with torch.no_grad():  # off the distance property (|∇d| ≠ 1), the term must be positive
+        lifter.field.mlp[-1].weight[0].add_(0.5)
+    stats = lifter.step(3)
+    assert stats["eikonal"] > 0
+    result = optimise(lifter, tmp_path, checkpoint={"step": 3, "seconds": 0.0, **lifter.state_dict()},
+                      progress_bar=False)
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    field_, _, _ = load_scene(config, checkpoint, torch.device("cpu"))
+    assert float(field_.beta) == pytest.approx(0.2 * 0.25 ** 0.75)  # β of the last step (progress 3/4)
+    assert result["metrics"]["mesh"]["threshold"] == pytest.approx(0.5 / float(field_.beta))

@@ -67,6 +67,9 @@ class RegularizerConfig:
     the red chair: window 0.15 at weight 4 from the first step left only its posts by step 400; the late ramp
     (``distortion_from``) is what kept the backrest and the seat."""
 
+    eikonal: Annotated[float, Range(0, 1e6)] = 0.0
+    """Weight of Σ_i sg(w_i) (|∇d_i| − 1)² per ray (the eikonal term; for ``scene.geometry: sdf``, where it keeps d
+    a signed distance, so β sets the surface's sharpness everywhere)."""
 
 @dataclass
 class LiftConfig:

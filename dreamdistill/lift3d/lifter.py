@@ -18,6 +18,7 @@ from dreamdistill.lift3d.schedules import (
     learning_rate_factor,
     pick_shading,
     resolution_at,
+    sdf_beta_at,
     step_seed,
 )
 from dreamdistill.render.cameras import Cameras, sample_cameras
@@ -95,6 +96,8 @@ class Lifter:
                                                                      progress)
         self.field.train()
         self.field.active_levels = active_levels(config.scene, progress)
+        if config.scene.geometry == "sdf":
+            self.field.beta.fill_(sdf_beta_at(config.scene, progress))
         self.background.train()
         if self.occupancy is not None:
             self.occupancy.update(self.field.density, self.step_size, step=step, generator=generator)
@@ -108,7 +111,8 @@ class Lifter:
                      return_distortion=config.regularizers.distortion > 0,
                      distortion_window=math.ceil(config.regularizers.distortion_window / self.step_size),
                      pixel_jitter=r.pixel_jitter,
-                     supersample=r.supersample)
+                     supersample=r.supersample,
+                     return_eikonal=config.regularizers.eikonal > 0)
         views = cameras.view_labels()
         guidance_generator = (fast_path.guidance_generator(step_seed(config.seed, step), generator, self.device)
                               if self.fast_path else generator)

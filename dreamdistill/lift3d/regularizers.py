@@ -24,7 +24,7 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
 def regularizer_losses(config: RegularizerConfig, out: RenderOutput, progress: float,
                        model_elements: int) -> dict[str, torch.Tensor]:
     """The active regularisers on a (square) render ``out`` at ``progress``, weighted, by config name
-    (opacity_sparsity, opacity_entropy, orientation, distortion); their sum is the regulariser loss.
+    (opacity_sparsity, opacity_entropy, orientation, distortion, eikonal); their sum is the regulariser loss.
 
     Each is a per-pixel sum rescaled to ``model_elements`` per image, the number of elements of the teacher's
     model space (3·32² for the toy teacher, 4·64² latents for SD): the surrogate loss is a sum over those, so
@@ -43,4 +43,6 @@ def regularizer_losses(config: RegularizerConfig, out: RenderOutput, progress: f
     distortion_weight = ramp_weight(config.distortion, config.distortion_from, progress)
     if distortion_weight and out.distortion is not None:
         losses["distortion"] = distortion_weight * out.distortion.sum() * per_image
+    if config.eikonal and out.eikonal is not None:
+        losses["eikonal"] = config.eikonal * out.eikonal.sum() * per_image
     return losses

@@ -24,7 +24,7 @@ def build_field(s: SceneConfig) -> Field:
     grid = HashGrid(levels=s.levels, features_per_level=s.features_per_level, log2_table_size=s.log2_table_size,
                     base_resolution=s.base_resolution, max_resolution=s.max_resolution, backend=s.backend)
     return Field(grid, hidden_dim=s.hidden_dim, hidden_layers=s.hidden_layers, blob_density=s.blob_density,
-                 blob_radius=s.blob_radius)
+                 blob_radius=s.blob_radius, geometry=s.geometry, beta=s.sdf_beta)
 
 
 def marching_step(config: RenderConfig) -> float:

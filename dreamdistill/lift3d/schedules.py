@@ -51,3 +51,9 @@ def active_levels(scene: SceneConfig, progress: float) -> float | None:
         return None
     fraction = min(progress / scene.levels_full_at, 1.0) if scene.levels_full_at > 0 else 1.0
     return scene.levels_start + (scene.levels - scene.levels_start) * fraction
+
+
+def sdf_beta_at(scene: SceneConfig, progress: float) -> float:
+    """The sdf geometry's Laplace scale: geometric from ``sdf_beta`` at the start to ``sdf_beta_end`` at the end
+    (wide transitions while the shape forms, a sharp surface at the end; VolSDF learns β, here it is scheduled)."""
+    return scene.sdf_beta * (scene.sdf_beta_end / scene.sdf_beta) ** min(max(progress, 0.0), 1.0)

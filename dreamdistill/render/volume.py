@@ -21,7 +21,8 @@ Per-ray sums are ``index_add`` over packed samples.
 
 Shading (DreamFusion): ``albedo`` (colour = albedo), ``diffuse`` (albedo * (ambient + (1 - ambient) *
 max(0, n . l)) with a point light) and ``textureless`` (the same with white albedo). Normals are computed
-only at samples whose weight exceeds ``normal_weight_threshold``.
+only at samples whose weight exceeds ``normal_weight_threshold``; with ``return_eikonal`` the same gradient gives
+the per-ray eikonal penalty Σ_i sg(w_i) (|∇ logit_i| − 1)² (for a signed-distance field, |∇d| = 1).
 
 Typical training step::
 
@@ -45,6 +46,7 @@ from torch import nn
 
 from dreamdistill.render.cameras import Cameras, generate_rays
 from dreamdistill.render.occupancy import OccupancyGrid
+from dreamdistill.scene.field import normals_from_gradient
 
 Shading = Literal["albedo", "diffuse", "textureless"]
 SHADINGS: tuple[Shading, ...] = ("albedo", "diffuse", "textureless")
@@ -118,6 +120,7 @@ class RayOutput:
     samples: int  # field samples evaluated
     orientation: torch.Tensor | None = None  # [R] Σ_i sg(w_i) max(0, n_i·d)² (with normals)
     distortion: torch.Tensor | None = None  # [R] Mip-NeRF 360 distortion (when asked for)
+    eikonal: torch.Tensor | None = None  # [R] Σ_i sg(w_i) (|∇ logit_i| − 1)² (when asked for)
 
 
 @dataclass
@@ -131,6 +134,7 @@ class RenderOutput:
     samples: int
     orientation: torch.Tensor | None = None  # [B, 1, H, W] per-ray orientation penalty (with normals)
     distortion: torch.Tensor | None = None  # [B, 1, H, W] per-ray distortion (when asked for)
+    eikonal: torch.Tensor | None = None  # [B, 1, H, W] per-ray eikonal penalty (when asked for)
 
 
 # ---- pure helpers -------------------------------------------------------------------------------------
@@ -316,6 +320,7 @@ def render_rays(
     prune: bool = True,
     return_distortion: bool = False,
     distortion_window: int = 0,
+    return_eikonal: bool = False,
 ) -> RayOutput:
     """Render rays (origins [R, 3], unit directions [R, 3]); ``background`` [R, 3] (default black).
 
@@ -323,6 +328,7 @@ def render_rays(
     autograd, only until each ray is opaque (:func:`field_until_opaque`) (our marching).
     ``return_distortion``: also the per-ray :func:`distortion_penalty` (over pairs at most ``distortion_window``
     steps apart; 0: all pairs).
+    ``return_eikonal``: also the per-ray :func:`eikonal_penalty` (needs ``field.logit_gradient``).
 
     ``light_positions`` [R, 3] and ``ambient`` [R] are needed by the ``diffuse`` and ``textureless`` shadings.
     """
@@ -355,12 +361,19 @@ def render_rays(
             1 - torch.exp(-sigma_delta)
         )  # [S]
 
-    normals = None
-    if lit or return_normals:
+    normals = eikonal = None
+    if lit or return_normals or return_eikonal:
         normals = torch.zeros_like(positions)
         visible = torch.nonzero(weights.detach() > normal_weight_threshold)[:, 0]
-        if visible.numel():
+        gradient_norm = torch.ones_like(weights)
+        if visible.numel() and return_eikonal:
+            gradient = field.logit_gradient(positions[visible])  # type: ignore[attr-defined]
+            normals = normals.index_put((visible,), normals_from_gradient(gradient))
+            gradient_norm = gradient_norm.index_put((visible,), gradient.norm(dim=-1))
+        elif visible.numel():
             normals = normals.index_put((visible,), field.normals(positions[visible]))
+        if return_eikonal:
+            eikonal = segment_sum(eikonal_penalty(weights, gradient_norm), rays, ray_count)
     if lit:
         assert normals is not None and light_positions is not None and ambient is not None
         to_light = nn.functional.normalize(light_positions[rays] - positions, dim=-1)
@@ -381,7 +394,13 @@ def render_rays(
         distortion = distortion_penalty(weights, t, rays, columns, ray_count, steps, step_size, distortion_window)
     if background is not None:
         color = color + (1 - opacity)[:, None] * background
-    return RayOutput(color, opacity, depth, normal, int(rays.numel()), orientation, distortion)
+    return RayOutput(color, opacity, depth, normal, int(rays.numel()), orientation, distortion, eikonal)
+
+
+def eikonal_penalty(weights: torch.Tensor, gradient_norm: torch.Tensor) -> torch.Tensor:
+    """Per sample sg(w_i)·(|∇d_i| − 1)² (the eikonal term of IGR / NeuS / VolSDF, weighted by the render weights
+    so it holds where the surface is seen; summed per ray by the caller)."""
+    return weights.detach() * (gradient_norm - 1).square()
 
 
 def orientation_penalty(weights: torch.Tensor, normals: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -434,7 +453,7 @@ def average_pool(out: RenderOutput, factor: int) -> RenderOutput:
         return None if image is None else nn.functional.avg_pool2d(image, factor)
 
     return RenderOutput(pool(out.image), pool(out.opacity), pool(out.depth), pool(out.normal), out.samples,
-                        pool(out.orientation), pool(out.distortion))
+                        pool(out.orientation), pool(out.distortion), pool(out.eikonal))
 
 
 def render(
@@ -455,6 +474,7 @@ def render(
     distortion_window: int = 0,
     pixel_jitter: bool = False,
     supersample: int = 1,
+    return_eikonal: bool = False,
 ) -> RenderOutput:
     """Render ``cameras`` at ``resolution`` x ``resolution``.
 
@@ -463,7 +483,7 @@ def render(
     Lit shadings use ``light`` (default: headlights). Rays are rendered in chunks of ``chunk_rays``.
     ``prune``: skip samples that cannot matter while training (see :func:`render_rays`).
     ``return_distortion``: also the per-ray distortion (:func:`distortion_penalty`, over pairs at most
-    ``distortion_window`` steps apart; 0: all pairs).
+    ``distortion_window`` steps apart; 0: all pairs). ``return_eikonal``: also the per-ray eikonal penalty.
     ``pixel_jitter``: each ray through a random point of its pixel (drawn from ``generator``) instead of the
     centre. ``supersample`` s > 1: render at s × ``resolution`` and average s × s blocks (:func:`average_pool`),
     as the toy world's ray tracer renders its images (2 × 2).
@@ -473,7 +493,7 @@ def render(
                       occupancy=occupancy, step_size=step_size, stratified=stratified, generator=generator,
                       return_normals=return_normals, chunk_rays=chunk_rays, prune=prune,
                       return_distortion=return_distortion, distortion_window=distortion_window,
-                      pixel_jitter=pixel_jitter)
+                      pixel_jitter=pixel_jitter, return_eikonal=return_eikonal)
         return average_pool(fine, supersample)
     device = next(iter(field.parameters())).device if isinstance(field, nn.Module) else cameras.azimuth.device
     cameras = cameras.to(device)
@@ -517,6 +537,7 @@ def render(
                 prune=prune,
                 return_distortion=return_distortion,
                 distortion_window=distortion_window,
+                return_eikonal=return_eikonal,
             )
         )
 
@@ -527,6 +548,7 @@ def render(
     normals = [p.normal for p in parts if p.normal is not None]
     orientation = [p.orientation[:, None] for p in parts if p.orientation is not None]
     distortion = [p.distortion[:, None] for p in parts if p.distortion is not None]
+    eikonal = [p.eikonal[:, None] for p in parts if p.eikonal is not None]
     return RenderOutput(
         image=image([p.color for p in parts], 3),
         opacity=image([p.opacity[:, None] for p in parts], 1),
@@ -535,4 +557,5 @@ def render(
         samples=sum(p.samples for p in parts),
         orientation=image(orientation, 1) if len(orientation) == len(parts) else None,
         distortion=image(distortion, 1) if len(distortion) == len(parts) else None,
+        eikonal=image(eikonal, 1) if len(eikonal) == len(parts) else None,
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from dreamdistill.config import Range
+from dreamdistill.scene.field import Geometry
 from dreamdistill.scene.hashgrid import Backend
 
 
@@ -31,6 +32,13 @@ class SceneConfig:
     """Pre-activation density bias at the centre (the initial blob)."""
     blob_radius: Annotated[float, Range(0, 2, open_low=True)] = 0.5
     """Radius where the blob bias reaches zero."""
+    geometry: Geometry = "density"
+    """density (NeRF: the MLP gives a density) or sdf (VolSDF: a signed distance d, density Ψ_β(−d)/β, the surface
+    at d = 0; ``blob_radius`` is the initial sphere's radius and ``blob_density`` is not used)."""
+    sdf_beta: Annotated[float, Range(1e-4, 1)] = 0.1
+    """sdf: the Laplace scale β at the start (world units; the density's transition width, 1/β inside)."""
+    sdf_beta_end: Annotated[float, Range(1e-4, 1)] = 0.02
+    """sdf: β at the end of the run (annealed geometrically from ``sdf_beta``)."""
     backend: Backend = "auto"
     """Hash-grid backend (auto: our CPU/CUDA kernel when it builds)."""
     levels_start: Annotated[int, Range(0, 32)] = 0

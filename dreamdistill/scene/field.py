@@ -1,8 +1,14 @@
 """The radiance field: hash grid -> small MLP -> density and albedo over the scene box [-1, 1]^3.
 
-Density starts as a centred blob (a bias added before the activation) so optimisation does not begin from
-empty space; albedo is a sigmoid. Normals point outwards (along -grad density), by finite differences
-(a 4-point tetrahedron stencil) of the pre-activation density (default) or analytically with autograd.
+Two geometries (``Field.geometry``):
+- ``density`` (NeRF): the MLP's first output is a pre-activation density; it starts as a centred blob (a bias
+  added before the activation) so optimisation does not begin from empty space;
+- ``sdf`` (VolSDF, Yariv et al. 2021, Eq. 2-3): the first output is a signed distance d (negative inside; a
+  sphere of radius ``blob_radius`` added as its initial value) and density = Ψ_β(−d)/β, the Laplace CDF, so the
+  inside of every part is equally opaque however thin the part is, and the surface is the level set d = 0
+  (density 1/(2β)). β (``Field.beta``) is annealed by the run; an eikonal term keeps |∇d| ≈ 1.
+Albedo is a sigmoid. Normals point outwards (along −∇density, i.e. +∇d), by finite differences (a 4-point
+tetrahedron stencil) of the density logit (pre-activation density, or −d) or analytically with autograd.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from torch import nn
 from dreamdistill.scene.hashgrid import Backend, HashGrid
 
 DensityActivation = Literal["trunc_exp", "softplus"]
+Geometry = Literal["density", "sdf"]
 NormalMethod = Literal["finite_difference", "analytic"]
 ScalarField = Callable[[torch.Tensor], torch.Tensor]
 
@@ -54,6 +61,18 @@ def blob_bias(x: torch.Tensor, density: float, radius: float) -> torch.Tensor:
     return density * (1.0 - x.norm(dim=-1) / radius)
 
 
+def laplace_density(sdf: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+    """VolSDF density σ = Ψ_β(−d)/β (Eq. 2-3): Ψ_β the CDF of a zero-mean Laplace distribution of scale β;
+    1/β deep inside, 1/(2β) on the surface d = 0, (1/2β)·exp(−d/β) outside."""
+    half = 0.5 * torch.exp(-sdf.abs() / beta)
+    return torch.where(sdf > 0, half, 1.0 - half) / beta
+
+
+def sphere_sdf(x: torch.Tensor, radius: float) -> torch.Tensor:
+    """Signed distance [...] of x [..., 3] to a centred sphere: |x| − radius (the SDF field's initial shape)."""
+    return x.norm(dim=-1) - radius
+
+
 def to_grid_coordinates(x: torch.Tensor) -> torch.Tensor:
     """World [-1, 1]^3 -> hash-grid input [0, 1]^3."""
     return (x / SCENE_BOUND + 1.0) * 0.5
@@ -80,6 +99,8 @@ class Field(nn.Module):
         normal_method: NormalMethod = "finite_difference",
         normal_eps: float = 1e-2,
         backend: Backend = "auto",
+        geometry: Geometry = "density",
+        beta: float = 0.05,
     ) -> None:
         super().__init__()
         self.grid = grid if grid is not None else HashGrid(backend=backend)
@@ -97,38 +118,65 @@ class Field(nn.Module):
         self.normal_eps = normal_eps
         self.active_levels: float | None = None
         """Coarse-to-fine: hash-grid levels in use (None: all); see :func:`level_mask`."""
+        self.geometry: Geometry = geometry
+        if geometry == "sdf":
+            self.register_buffer("beta", torch.tensor(float(beta)))
+            """Laplace scale of the density (world units; annealed by the run, saved with the field)."""
+            with torch.no_grad():  # start from the sphere itself, not one grown or shrunk at random
+                self.mlp[-1].weight[0].zero_()
+                self.mlp[-1].bias[0] = 0.0
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
-        """MLP outputs [N, 4]: pre-activation density (blob bias included) and albedo logits."""
+        """MLP outputs [N, 4]: the density logit (:meth:`density_logit`: pre-activation density with the blob
+        bias, or −d with d the signed distance, initial sphere included) and albedo logits."""
         features = self.grid(to_grid_coordinates(x))
         levels = len(self.grid.geometry.scales)
         if self.active_levels is not None and self.active_levels < levels:
             features = features * level_mask(levels, self.grid.geometry.features, self.active_levels).to(features)
         out = self.mlp(features)  # [N, 4]
-        density_raw = out[:, :1]
-        if self.blob_density:
-            density_raw = density_raw + blob_bias(x, self.blob_density, self.blob_radius)[:, None]
-        return torch.cat([density_raw, out[:, 1:]], dim=-1)
+        logit = out[:, :1]
+        if self.geometry == "sdf":
+            logit = logit - sphere_sdf(x, self.blob_radius)[:, None]
+        elif self.blob_density:
+            logit = logit + blob_bias(x, self.blob_density, self.blob_radius)[:, None]
+        return torch.cat([logit, out[:, 1:]], dim=-1)
+
+    def activate(self, logit: torch.Tensor) -> torch.Tensor:
+        """Density from the density logit [...]: the activation, or the Laplace density of d = −logit."""
+        if self.geometry == "sdf":
+            return laplace_density(-logit, self.beta)
+        return density_activation(logit, self.activation)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw = self.raw(x)
-        return density_activation(raw[:, 0], self.activation), torch.sigmoid(raw[:, 1:])
+        return self.activate(raw[:, 0]), torch.sigmoid(raw[:, 1:])
 
     def density_logit(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-activation density [N] (monotone in density)."""
+        """Density logit [N], monotone in density: the pre-activation density, or −d for the sdf geometry."""
         return self.raw(x)[:, 0]
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """Density [N] at world points x [N, 3]."""
-        return density_activation(self.density_logit(x), self.activation)
+        return self.activate(self.density_logit(x))
+
+    def surface_density(self) -> float | None:
+        """The density on the surface: 1/(2β) at d = 0 for the sdf geometry; None (no such level) otherwise."""
+        return 0.5 / float(self.beta) if self.geometry == "sdf" else None
+
+    def logit_gradient(self, x: torch.Tensor) -> torch.Tensor:
+        """∇(density logit) [N, 3] at x [N, 3] (−∇d for the sdf geometry), differentiable w.r.t. the field."""
+        if self.normal_method == "analytic":
+            return analytic_gradient(self.density_logit, x)
+        return finite_difference_gradient(self.density_logit, x, self.normal_eps)
 
     def normals(self, x: torch.Tensor) -> torch.Tensor:
         """Outward unit normals [N, 3] = -grad(density) / |grad(density)|, differentiable w.r.t. the field."""
-        if self.normal_method == "analytic":
-            gradient = analytic_gradient(self.density_logit, x)
-        else:
-            gradient = finite_difference_gradient(self.density_logit, x, self.normal_eps)
-        return -nn.functional.normalize(gradient, dim=-1, eps=1e-12)
+        return normals_from_gradient(self.logit_gradient(x))
+
+
+def normals_from_gradient(gradient: torch.Tensor) -> torch.Tensor:
+    """Outward unit normals [N, 3] from the density logit's gradient [N, 3] (density falls outwards)."""
+    return -nn.functional.normalize(gradient, dim=-1, eps=1e-12)
 
 
 TETRAHEDRON = torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]])
