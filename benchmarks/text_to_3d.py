@@ -1,6 +1,6 @@
 """Text-to-3D quality and time: SDS and VSD on a fixed list of toy-world prompts, side by side.
 
-    python benchmarks/text_to_3d.py [--methods sds,vsd] [--prompts N] [--steps S] [--teacher toy]
+    python benchmarks/text_to_3d.py [--methods sds,vsd] [--prompts N | --prompt TEXT ...] [--steps S] [--teacher toy]
                                     [--set KEY=VALUE ...] [--runs DIR] [--out PATH] [--jobs N]
 
 Each (prompt, method) pair is one ``dreamdistill PROMPT --guidance METHOD`` run with the shipped toy preset
@@ -198,10 +198,26 @@ def write_figure(runs: list[dict], methods: list[str], prompts: list[str], path:
         iio.imwrite(path, np.concatenate(rows, axis=0))
 
 
+def changed_settings(config: dict, defaults: dict) -> dict:
+    """The entries of a nested settings mapping that differ from ``defaults`` (same nesting)."""
+    changed = {}
+    for key, value in config.items():
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict):
+            inner = changed_settings(value, default)
+            if inner:
+                changed[key] = inner
+        elif key not in defaults or value != default:
+            changed[key] = value
+    return changed
+
+
 def preset_hash(method: str) -> str:
-    """Short hash of the settings in configs/toy-METHOD.yaml as loaded (comments and layout do not count)."""
+    """Short hash of the settings configs/toy-METHOD.yaml changes from the config's defaults, as loaded (comments
+    and layout do not count, and a new config field left at its default does not invalidate earlier runs)."""
     config = load_config(LiftConfig, configs_dir() / f"toy-{method}.yaml", [])
-    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:12]
+    settings = changed_settings(to_dict(config), to_dict(LiftConfig()))
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def limit_threads(threads: int) -> None:
@@ -215,6 +231,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="sds,vsd")
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N prompts")
+    parser.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                        help="run these prompts instead of the fixed list (repeatable)")
     parser.add_argument("--steps", type=int, default=None, help="override the presets' steps")
     parser.add_argument("--teacher", default=None, help="default: the presets' (toy)")
     parser.add_argument("--device", default=None)
@@ -232,7 +250,8 @@ def main() -> None:
     out = Path(args.out)
     runs = finished_runs(out, settings)
     info = device_info(args.device or "cpu")
-    todo = [(prompt, method) for method in methods for prompt in PROMPTS[: args.prompts]  # method by method
+    prompts = list(args.prompt) or list(PROMPTS[: args.prompts])
+    todo = [(prompt, method) for method in methods for prompt in prompts  # method by method
             if not any(r["method"] == method and r["prompt"] == prompt for r in runs)]
     if args.figure_only:  # redraw what the file holds, whatever code wrote it
         runs = json.loads(out.read_text()).get("runs", []) if out.is_file() else []
@@ -243,7 +262,7 @@ def main() -> None:
         print(f"{result['method']} {result['prompt']!r}: r_precision {result['r_precision']}, view_consistency "
               f"{result['view_consistency']}, {result['wall_seconds']} s", flush=True)
         write_json_atomic(out, {"benchmark": "text_to_3d", "settings": settings,
-                                "prompts": list(PROMPTS[: args.prompts]), "device": info, "jobs": args.jobs,
+                                "prompts": prompts, "device": info, "jobs": args.jobs,
                                 **summarise(runs, methods), "runs": runs})
 
     if args.jobs <= 1:
@@ -260,7 +279,7 @@ def main() -> None:
     if args.figure_only and runs:  # the summary too, with this code's summarise
         write_json_atomic(out, {**json.loads(out.read_text()), **summarise(runs, methods)})
     figure = out.with_suffix(".png")
-    write_figure(runs, methods, list(PROMPTS[: args.prompts]), figure)
+    write_figure(runs, methods, prompts, figure)
     report = json.loads(out.read_text())
     better = report["better_method"]
     print(f"wrote {out} and {figure.name}: better {better} {report['methods'][better]}")
