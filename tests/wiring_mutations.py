@@ -2,7 +2,8 @@
 
     python tests/wiring_mutations.py [WORD]   # CAUGHT / MISSED per mutation (only files containing WORD)
 
-Each row: (file, exact original text, broken text, the -k expression of the tests that must catch it).
+Each row: (file, exact original text, broken text, the -k expression of the tests that must catch it[, the test
+file, default tests/test_wiring.py]).
 Every file is restored after its run. Not part of the suite (it reruns pytest once per mutation, a few minutes).
 """
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SDS, VSD = "dreamdistill/guidance/sds.py", "dreamdistill/guidance/vsd.py"
+FIELD, VOLUME, LIFTER = "dreamdistill/scene/field.py", "dreamdistill/render/volume.py", "dreamdistill/lift3d/lifter.py"
+SDF_TESTS, LIFT_TESTS = "tests/test_sdf.py", "tests/test_lift3d.py"
 MUTATIONS = [
     (SDS, "        return sigma**2", "        return sigma", "test_sds_image_gradient"),
     (SDS, "eps=eps.float(), alpha=alpha, sigma=sigma), alpha, sigma",
@@ -57,13 +60,26 @@ MUTATIONS = [
     ("dreamdistill/distill/fake_score.py", "(x_t, t, text, guidance)", "(x_t, t, text)", "test_sid_generator_loss"),
     ("dreamdistill/distill/fake_score.py", "prediction_type=teacher.prediction_type)", 'prediction_type="epsilon")',
      "test_sid_generator_loss"),
+    # the sdf geometry: density of −d (not d), detached eikonal weights, β from the schedule, export at d = 0
+    (FIELD, "torch.where(sdf > 0, half, 1.0 - half)", "torch.where(sdf > 0, 1.0 - half, half)", "laplace or sphere",
+     SDF_TESTS),
+    (VOLUME, "    return weights.detach() * (gradient_norm - 1).square()",
+     "    return weights * (gradient_norm - 1).square()", "eikonal_penalty", SDF_TESTS),
+    (VOLUME, "gradient_norm.index_put((visible,), gradient.norm(dim=-1))",
+     "gradient_norm.index_put((visible,), gradient.norm(dim=-1).detach())", "eikonal_reaches", SDF_TESTS),
+    (LIFTER, "            self.field.beta.fill_(sdf_beta_at(config.scene, progress))",
+     "            self.field.beta.fill_(config.scene.sdf_beta)", "eikonal", LIFT_TESTS),
+    (LIFTER, "return_eikonal=config.regularizers.eikonal > 0)", "return_eikonal=False)", "eikonal", LIFT_TESTS),
+    ("dreamdistill/export.py", "config = replace(config, threshold=field_.surface_density())", "pass",
+     "zero_level", SDF_TESTS),
 ]
 
 
 def main() -> int:
     missed = 0
     only = sys.argv[1] if len(sys.argv) > 1 else ""
-    for name, old, new, tests in (m for m in MUTATIONS if only in m[0]):
+    for name, old, new, tests, *where in (m for m in MUTATIONS if only in m[0]):
+        test_file = where[0] if where else "tests/test_wiring.py"
         path = ROOT / name
         source = path.read_text()
         if source.count(old) != 1:
@@ -72,7 +88,7 @@ def main() -> int:
             continue
         path.write_text(source.replace(old, new))
         try:
-            result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "tests/test_wiring.py", "-k", tests],
+            result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", test_file, "-k", tests],
                                     cwd=ROOT, capture_output=True, text=True)
         finally:
             path.write_text(source)
