@@ -9,8 +9,10 @@ must give the same gradients and the same updated scene.
 
 Tolerance: gradients agree to rtol 1e-4 with atol 1e-4 of each tensor's largest magnitude (compiled graphs
 reorder float32 sums; the CPU UNet's channels_last convolutions reorder them further); parameters after each
-optimiser step to 1e-5 absolute, against steps of 1e-3 to 1e-2 (Adam
-divides by sqrt(v) with eps 1e-15, so a last-bit difference in a tiny gradient becomes ~1e-4 of its step).
+optimiser step to 5e-5 absolute, 5 % of the smallest learning rate (steps are 1e-3 to 1e-2): Adam's first step is
+lr · g / (|g| + eps), so for an element whose gradient is within the gradients' absolute tolerance of zero (the
+critic's AdamW has eps 1e-8) a reordered sum moves the step by a visible fraction of lr (seen: 1.03e-5 on one
+LoRA element of 4096 on one machine, the same before and after unrelated changes).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dreamdistill.lift3d import fast_path as fast_path_module
 TINY = ["render.resolution=16", "render.batch_size=2", "render.occupancy_resolution=16", "render.step_divisions=48",
         "render.albedo_warmup=0.0", "scene.levels=4", "scene.log2_table_size=10", "scene.max_resolution=32",
         "scene.hidden_dim=16", "scene.hidden_layers=1", "render.occupancy_warmup=2", "render.occupancy_update_every=2"]
-RTOL, ATOL_FRACTION, PARAMETER_ATOL = 1e-4, 1e-4, 1e-5
+RTOL, ATOL_FRACTION, PARAMETER_ATOL = 1e-4, 1e-4, 5e-5
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
