@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from dreamdistill.config import from_dict, save_yaml
 from dreamdistill.errors import DreamDistillError
 from dreamdistill.fileio import write_json_atomic
@@ -34,8 +36,16 @@ from dreamdistill.lift3d.run import (
     save_checkpoint,
     summary_line,
 )
+from dreamdistill.lift3d.scene import render_orbit
+from dreamdistill.render.cameras import Cameras
+from dreamdistill.render.volume import Shading
 from dreamdistill.scene.config import SceneConfig
 from dreamdistill.toyworld.captions import parse_prompt
+
+INSTANT_OUTPUT_OVERRIDES = ("turntable_frames=12", "turntable_resolution=96", "export.resolution=96")
+"""``--instant``'s outputs, lighter than a per-prompt run's (24 frames at 256 px, meshes at 128): on 2 busy
+cores the 24 × 256² turntable alone took 24 s, 12 × 96² 1.7 s; marching cubes at 128 took 4 s, at 96 about 2 s
+(the shape score voxelises at 48³ either way). ``--set`` overrides them."""
 
 
 def is_held_out(prompt: str, pairs: tuple[tuple[str, str], ...] = HELD_OUT_PAIRS) -> bool:
@@ -53,6 +63,22 @@ def with_generator_scene(config: LiftConfig, info: dict) -> LiftConfig:
     return dataclasses.replace(config, scene=scene)
 
 
+class InstantLifter(Lifter):
+    """A Lifter whose field is the generator's and does not change while its run folder is written: the orbit
+    renders (validation, turntable, metrics) share one :meth:`~OccupancyGrid.visible_cells` grid instead of
+    computing it for each."""
+
+    visible = None
+
+    def render_views(self, cameras: Cameras, resolution: int, shading: Shading = "diffuse") -> torch.Tensor:
+        if self.occupancy is None:
+            return super().render_views(cameras, resolution, shading)
+        if self.visible is None:
+            self.visible = self.occupancy.visible_cells(self.field.density, self.step_size)
+        return render_orbit(self.field, self.background, self.visible, self.config.render, cameras, resolution,
+                            shading, occupancy_is_visible=True)
+
+
 def load_instant_field(lifter: Lifter, model: InstantField, prompt: str) -> None:
     """Put G_θ(prompt) into the lifter's field (its optimiser state stays fresh)."""
     field_ = model.to_field(prompt, lifter.teacher.encode_text([prompt])[0])
@@ -67,11 +93,30 @@ def instant_metrics(prompt: str, generator: Path, info: dict, init: str) -> dict
             "generator": str(generator), "generator_steps": info["trained_steps"], "held_out": is_held_out(prompt)}
 
 
+def instant_run(config: LiftConfig, teacher, model: InstantField, info: dict, generator_dir: Path,
+                out: Path) -> dict:
+    """``--instant``: a new run folder under ``out`` for ``config.prompt`` from the generator, written by
+    :func:`finish` (+ checkpoint.pt at step 0); metrics.json also holds ``wall_seconds_after_loading`` (field,
+    turntable, meshes, metrics and report). Returns finish's result."""
+    began = time.perf_counter()
+    lifter = InstantLifter(config, teacher)
+    load_instant_field(lifter, model, config.prompt)
+    run_dir = create_run_dir(Path(out), config.prompt)
+    save_yaml(config, run_dir / CONFIG_NAME)
+    save_checkpoint(lifter, run_dir, 0, 0.0)
+    extra = instant_metrics(config.prompt, generator_dir, info, "none")
+    result = finish(lifter, run_dir, 0, time.perf_counter() - began, extra_metrics=extra)
+    result["metrics"] = {**result["metrics"], "wall_seconds_after_loading": round(time.perf_counter() - began, 2)}
+    write_json_atomic(run_dir / METRICS_NAME, result["metrics"])
+    return result
+
+
 def main(args: argparse.Namespace) -> int:
-    """``dreamdistill PROMPT --instant`` (``args.init == "none"``: no optimisation) or ``--init instant``."""
+    """``dreamdistill PROMPT --instant`` (no optimisation) or ``--init instant`` (the per-prompt loop from it)."""
     from dreamdistill.instant.run import load_generator, resolve_generator
 
-    init = "none" if args.instant else "instant"
+    if args.instant:
+        args = argparse.Namespace(**{**vars(args), "overrides": [*INSTANT_OUTPUT_OVERRIDES, *args.overrides]})
     config = config_from_args(args)
     check_config(config)
     category_of(config.prompt)
@@ -79,33 +124,25 @@ def main(args: argparse.Namespace) -> int:
     model, info = load_generator(generator_dir)
     config = with_generator_scene(config, info)
     teacher = load_teacher(config)
-    if teacher.info.vocabulary and info["recipe"].get("teacher", "toy") != config.teacher:
-        print(f"note: the generator was trained with teacher {info['recipe'].get('teacher')!r}", file=sys.stderr)
     model = model.to(teacher.device)
-    began = time.perf_counter()
-    lifter = Lifter(config, teacher)
-    load_instant_field(lifter, model, config.prompt)
-    run_dir = create_run_dir(Path(args.out or DEFAULT_OUT), config.prompt)
-    save_yaml(config, run_dir / CONFIG_NAME)
-    extra = instant_metrics(config.prompt, generator_dir, info, init)
+    out = Path(args.out or DEFAULT_OUT)
     try:
-        if init == "none":
-            save_checkpoint(lifter, run_dir, 0, 0.0)
-            result = finish(lifter, run_dir, 0, time.perf_counter() - began, extra_metrics=extra)
-            seconds = time.perf_counter() - began
-            metrics = {**result["metrics"], "wall_seconds_after_loading": round(seconds, 2)}
-            write_json_atomic(run_dir / METRICS_NAME, metrics)
-            result["metrics"] = metrics
-            print(f"instant: {config.prompt!r} -> {run_dir} in {seconds:.1f} s after loading "
-                  f"(continue per prompt with: dreamdistill --resume {shlex.quote(str(run_dir))})", file=sys.stderr)
+        if args.instant:
+            result = instant_run(config, teacher, model, info, generator_dir, out)
+            print(f"instant: {config.prompt!r} -> {result['run_dir']} in "
+                  f"{result['metrics']['wall_seconds_after_loading']:.1f} s after loading (continue per prompt "
+                  f"with: dreamdistill --resume {shlex.quote(str(result['run_dir']))})", file=sys.stderr)
         else:
+            lifter = Lifter(config, teacher)
+            load_instant_field(lifter, model, config.prompt)
+            run_dir = create_run_dir(out, config.prompt)
+            save_yaml(config, run_dir / CONFIG_NAME)
             print(f"{config.method} on {config.teacher!r} from the instant generator: {config.prompt!r} -> "
                   f"{run_dir}", file=sys.stderr)
             result = optimise(lifter, run_dir, None)
-            metrics = {**result["metrics"], **extra}
-            write_json_atomic(run_dir / METRICS_NAME, metrics)
-            result["metrics"] = metrics
+            result["metrics"] = {**result["metrics"], **instant_metrics(config.prompt, generator_dir, info, "instant")}
+            write_json_atomic(run_dir / METRICS_NAME, result["metrics"])
     except OSError as error:
-        raise DreamDistillError(f"writing to the run folder {run_dir} failed ({error.strerror or error})") from None
+        raise DreamDistillError(f"writing to the run folder failed ({error.strerror or error})") from None
     print(summary_line(result))
     return 0
