@@ -213,3 +213,18 @@ def test_instant_refuses_prompts_outside_the_vocabulary_and_conflicting_flags(ge
     assert cli.main(["a red chair", "--instant", "--init", "instant", "--generator", str(generator_dir)]) == 2
     assert cli.main(["a red chair", "--instant", "--generator", str(tmp_path / "nothing")]) == 2
     assert "not an instant generator" in capsys.readouterr().err
+
+
+def test_the_shipped_generator_is_lean_fp16_and_says_how_it_was_trained():
+    from dreamdistill.instant.run import INFO_NAME, WEIGHTS_NAME
+    from dreamdistill.paths import assets_dir
+
+    folder = assets_dir() / "toy-instant"
+    if not folder.is_dir():
+        pytest.skip("no generator shipped in this checkout")
+    weights = torch.load(folder / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+    assert all(t.dtype == torch.float16 for t in weights.values() if t.is_floating_point())
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 8 * 2**20
+    info = json.loads((folder / INFO_NAME).read_text())
+    assert info["trained_steps"] > 0 and info["minutes"] > 0 and info["recipe"]["steps"] >= info["trained_steps"]
+    assert info["held_out"] == held_out_prompts() and not set(info["held_out"]) & set(info["training_prompts"])

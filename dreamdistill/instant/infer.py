@@ -37,6 +37,7 @@ from dreamdistill.lift3d.run import (
     summary_line,
 )
 from dreamdistill.lift3d.scene import render_orbit
+from dreamdistill.paths import repo_relative
 from dreamdistill.render.cameras import Cameras
 from dreamdistill.render.volume import Shading
 from dreamdistill.scene.config import SceneConfig
@@ -87,10 +88,11 @@ def load_instant_field(lifter: Lifter, model: InstantField, prompt: str) -> None
         lifter.field.beta.fill_(lifter.config.scene.sdf_beta_end)
 
 
-def instant_metrics(prompt: str, generator: Path, info: dict, init: str) -> dict:
-    """What metrics.json says about the generator behind a run."""
-    return {"method": "instant" if init == "none" else f"{info['recipe'].get('method', 'sds')}+instant-init",
-            "generator": str(generator), "generator_steps": info["trained_steps"], "held_out": is_held_out(prompt)}
+def instant_metrics(prompt: str, generator: Path, info: dict, method: str) -> dict:
+    """What metrics.json says about the generator behind a run: ``method`` (instant, or e.g. sds+instant-init),
+    the generator folder and its training steps, whether the prompt was held out of its training."""
+    return {"method": method, "generator": repo_relative(generator), "generator_steps": info["trained_steps"],
+            "held_out": is_held_out(prompt)}
 
 
 def instant_run(config: LiftConfig, teacher, model: InstantField, info: dict, generator_dir: Path,
@@ -104,7 +106,7 @@ def instant_run(config: LiftConfig, teacher, model: InstantField, info: dict, ge
     run_dir = create_run_dir(Path(out), config.prompt)
     save_yaml(config, run_dir / CONFIG_NAME)
     save_checkpoint(lifter, run_dir, 0, 0.0)
-    extra = instant_metrics(config.prompt, generator_dir, info, "none")
+    extra = instant_metrics(config.prompt, generator_dir, info, "instant")
     result = finish(lifter, run_dir, 0, time.perf_counter() - began, extra_metrics=extra)
     result["metrics"] = {**result["metrics"], "wall_seconds_after_loading": round(time.perf_counter() - began, 2)}
     write_json_atomic(run_dir / METRICS_NAME, result["metrics"])
@@ -140,7 +142,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"{config.method} on {config.teacher!r} from the instant generator: {config.prompt!r} -> "
                   f"{run_dir}", file=sys.stderr)
             result = optimise(lifter, run_dir, None)
-            result["metrics"] = {**result["metrics"], **instant_metrics(config.prompt, generator_dir, info, "instant")}
+            result["metrics"] = {**result["metrics"], **instant_metrics(config.prompt, generator_dir, info,
+                                                                    f"{config.method}+instant-init")}
             write_json_atomic(run_dir / METRICS_NAME, result["metrics"])
     except OSError as error:
         raise DreamDistillError(f"writing to the run folder failed ({error.strerror or error})") from None
