@@ -56,8 +56,8 @@ def is_held_out(prompt: str, pairs: tuple[tuple[str, str], ...] = HELD_OUT_PAIRS
 
 
 def with_generator_scene(config: LiftConfig, info: dict) -> LiftConfig:
-    """``config`` with the generator's scene settings (a bound prompt is a Field of exactly those)."""
-    scene = from_dict(SceneConfig, info["generator"]["scene"])
+    """``config`` with the scene settings of the Field a bound prompt folds into (``field_scene``)."""
+    scene = from_dict(SceneConfig, info["generator"].get("field_scene", info["generator"]["scene"]))
     if dataclasses.asdict(scene) != dataclasses.asdict(config.scene):
         changed = sorted(k for k, v in dataclasses.asdict(scene).items() if getattr(config.scene, k) != v)
         print(f"note: scene settings from the generator ({', '.join(changed)})", file=sys.stderr)
