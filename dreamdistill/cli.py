@@ -1,5 +1,5 @@
-"""Command line: ``dreamdistill PROMPT`` (text-to-3D) and the subcommands
-``sample``, ``train-teacher``, ``distill``, ``export``, ``eval`` and ``report``.
+"""Command line: ``dreamdistill PROMPT`` (text-to-3D; ``--instant`` from the instant generator) and the subcommands
+``sample``, ``train-teacher``, ``train-instant``, ``distill``, ``export``, ``eval`` and ``report``.
 
 User errors (argparse's included) print one line (``error: ...``) and exit with status 2; no tracebacks.
 Every setting is checked before any model is loaded or any file written. Ctrl-C / SIGTERM during a
@@ -19,7 +19,7 @@ from typing import Annotated
 from dreamdistill.config import Device, Range, Seed, check_output_path, validate
 from dreamdistill.errors import DreamDistillError, Interrupted
 
-SUBCOMMANDS = ("sample", "train-teacher", "distill", "export", "eval", "report")
+SUBCOMMANDS = ("sample", "train-teacher", "train-instant", "distill", "export", "eval", "report")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -70,6 +70,13 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    parser.add_argument("--instant", action="store_true",
+                        help="no optimisation: the run folder from the instant generator in one forward pass "
+                             "(toy vocabulary; `dreamdistill --resume RUN_DIR` then optimises it per prompt)")
+    parser.add_argument("--init", choices=("random", "instant"), default="random",
+                        help="instant: start the per-prompt run from the instant generator's field for the prompt")
+    parser.add_argument("--generator", default=None, metavar="DIR",
+                        help="instant generator folder (default: the shipped assets/toy-instant)")
     _device_argument(parser)
     return parser
 
@@ -77,6 +84,15 @@ def main_parser() -> argparse.ArgumentParser:
 def run_text_to_3d(args: argparse.Namespace) -> int:
     if args.resume is None and not (args.prompt or "").strip():
         raise DreamDistillError('empty prompt: pass what to make, e.g. dreamdistill "a red chair"')
+    if args.instant or args.init == "instant":
+        if args.resume is not None:
+            raise DreamDistillError("--resume continues a run as it was made: drop --instant / --init instant")
+        if args.instant and args.init == "instant":
+            raise DreamDistillError("choose one: --instant (no optimisation) or --init instant (optimise from it)")
+        _check_writable(Path(args.out or "runs"))
+        from dreamdistill.instant.infer import main as instant_main
+
+        return instant_main(args)
     if args.resume is None:
         _check_writable(Path(args.out or "runs"))
     elif not os.access(args.resume, os.W_OK):
@@ -177,6 +193,39 @@ def run_train_teacher(args: argparse.Namespace) -> int:
     )
     validate(config, names=_flag)
     train_teacher(config)
+    return 0
+
+
+# -------------------------------------------------------------------- train-instant
+def train_instant_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="dreamdistill train-instant",
+        description="Train the instant generator: one text-conditioned field for the toy vocabulary by amortised "
+        "SDS (16 colour × category pairs held out). Rerunning the same command resumes from OUT/checkpoint.pt; "
+        "Ctrl-C saves a checkpoint. OUT/generator/ is the shippable generator (`dreamdistill PROMPT --instant "
+        "--generator OUT/generator`).",
+    )
+    parser.add_argument("--out", default="runs/instant-toy", help="training folder (default: runs/instant-toy)")
+    parser.add_argument("--config", default=None, help="preset (default: configs/instant-toy.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (repeatable)")
+    parser.add_argument("--steps", type=int, default=None, help="generator updates (may grow on resume)")
+    parser.add_argument("--teacher", default=None, help="toy (embedded) or a toy-teacher folder")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the preset's, 1)")
+    _device_argument(parser)
+    return parser
+
+
+def run_train_instant(args: argparse.Namespace) -> int:
+    from dreamdistill.instant.run import config_for_training, train
+
+    overrides = list(args.overrides)
+    for key, value in (("steps", args.steps), ("teacher", args.teacher), ("threads", args.threads),
+                       ("device", args.device)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    _check_writable(Path(args.out))
+    train(config_for_training(args.config, overrides), Path(args.out))
     return 0
 
 
@@ -314,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_sample(sample_parser().parse_args(argv[1:]))
         if argv and argv[0] == "train-teacher":
             return run_train_teacher(train_teacher_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "train-instant":
+            return run_train_instant(train_instant_parser().parse_args(argv[1:]))
         if argv and argv[0] == "distill":
             return run_distill(distill_parser().parse_args(argv[1:]))
         if argv and argv[0] == "export":

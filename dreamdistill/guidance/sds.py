@@ -149,22 +149,35 @@ class SDS:
     def close(self) -> None:
         """Leave the shared teacher as it was (nothing to undo for SDS)."""
 
-    def text_for(self, views: list[str] | None, batch: int) -> torch.Tensor:
-        """Cached prompt embeddings [B, L, D], view-dependent when enabled and views are given."""
+    def prompts_for(self, batch: int, prompts: list[str] | None = None) -> list[str]:
+        """The prompt of each of ``batch`` samples: ``prompts`` (one per sample, for amortised training over many
+        prompts) or this guidance's own prompt repeated."""
+        if prompts is None:
+            return [self.prompt] * batch
+        if len(prompts) != batch:
+            raise ValueError(f"{len(prompts)} prompts for a batch of {batch} renders: give one per render")
+        return list(prompts)
+
+    def text_for(self, views: list[str] | None, batch: int, prompts: list[str] | None = None) -> torch.Tensor:
+        """Cached prompt embeddings [B, L, D] of each sample's prompt (:meth:`prompts_for`), view-dependent when
+        enabled and views are given."""
+        prompts = self.prompts_for(batch, prompts)
         if views is None or not self.config.view_prompts:
-            return self.teacher.encode_text([self.prompt] * batch)
-        return self.teacher.encode_text([view_prompt(self.prompt, v) for v in views])
+            return self.teacher.encode_text(prompts)
+        return self.teacher.encode_text([view_prompt(p, v) for p, v in zip(prompts, views)])
 
     def teacher_eps(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-                    views: list[str] | None) -> torch.Tensor:
+                    views: list[str] | None, prompts: list[str] | None = None) -> torch.Tensor:
         """The teacher's guided ε̂ for x_t; with ``view_contrast`` the unconditional, conditional and
-        negative-view predictions share one network call."""
+        negative-view predictions share one network call (the negatives of each sample use its own prompt,
+        :meth:`prompts_for`)."""
         config = self.config
         if not config.view_contrast or views is None or not config.view_prompts:
             return self.teacher.predict_eps(x_t, t, text, config.guidance_scale)
         batch = x_t.shape[0]
         rows, negatives = contrast_pairs(views)
-        negative_text = self.teacher.encode_text([view_prompt(self.prompt, v) for v in negatives])
+        prompts = self.prompts_for(batch, prompts)
+        negative_text = self.teacher.encode_text([view_prompt(prompts[i], v) for i, v in zip(rows, negatives)])
         index = torch.tensor(rows, device=x_t.device)
         eps = self.teacher.predict_eps(torch.cat([x_t, x_t, x_t[index]]), torch.cat([t, t, t[index]]),
                                        torch.cat([self.teacher.uncond_embedding(batch), text, negative_text]), 1.0)
@@ -185,14 +198,15 @@ class SDS:
         return x, t, eps, add_noise(x0=x.detach().float(), eps=eps.float(), alpha=alpha, sigma=sigma), alpha, sigma
 
     def __call__(self, images: torch.Tensor, views: list[str] | None = None, progress: float = 0.0,
-                 generator: torch.Generator | None = None, camera: torch.Tensor | None = None
-                 ) -> dict[str, torch.Tensor]:
+                 generator: torch.Generator | None = None, camera: torch.Tensor | None = None,
+                 prompts: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Surrogate loss for renders [B, 3, H, W] in [0, 1]; also returns grad norm and timesteps
-        (``camera`` is unused by SDS)."""
+        (``camera`` is unused by SDS). ``prompts``: one prompt per render (amortised SDS: each sample's
+        gradient w(t)(ε̂_teacher(x_t; y_i, cfg) − ε) uses its own y_i); None: this guidance's prompt for all."""
         x, t, eps, x_t, alpha, sigma = self.noised(images, progress, generator)
-        text = self.text_for(views, x.shape[0])
+        text = self.text_for(views, x.shape[0], prompts)
         with torch.no_grad():
-            eps_teacher = self.teacher_eps(x_t, t, text, views)
+            eps_teacher = self.teacher_eps(x_t, t, text, views, prompts)
         weight = timestep_weight(alpha, sigma, self.config.weighting).float()
         grad = distillation_gradient(eps_teacher, eps.float(), weight, self.config.grad_clip)
         return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t, "eps": eps,

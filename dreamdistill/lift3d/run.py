@@ -187,9 +187,9 @@ def save_validation(lifter: Lifter, run_dir: Path, step: int) -> Path:
     return save_image_atomic(run_dir / "validation" / f"step-{step:06d}.png", strip)
 
 
-def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float) -> dict:
+def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float, extra_metrics: dict | None = None) -> dict:
     """Turntable, meshes (an empty scene gives a warning and no mesh), metrics.json and report.html after the last
-    step."""
+    step. ``extra_metrics`` are added to (and override) metrics.json's entries, e.g. ``method: instant``."""
     from dreamdistill.report import write_report  # imported here: the report reads this module's file names
 
     config = lifter.config
@@ -207,7 +207,7 @@ def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float) -> dict:
         mesh_files, mesh_stats = [], None
     metrics = {**evaluate(lifter, config.prompt), "shape": shape, "seconds": round(seconds, 1), "steps": steps,
                "nonfinite_steps": lifter.nonfinite_steps, "method": config.method, "prompt": config.prompt,
-               "mesh": mesh_stats}
+               "mesh": mesh_stats, **(extra_metrics or {})}
     written += mesh_files + [write_json_atomic(run_dir / METRICS_NAME, metrics)]
     try:
         written.append(write_report(run_dir))

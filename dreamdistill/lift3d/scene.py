@@ -64,13 +64,16 @@ def load_scene(config: LiftConfig, checkpoint: dict,
 
 @torch.no_grad()
 def render_orbit(field_: Field, background: Background, occupancy: OccupancyGrid | None, config: RenderConfig,
-                 cameras: Cameras, resolution: int, shading: Shading = "diffuse") -> torch.Tensor:
+                 cameras: Cameras, resolution: int, shading: Shading = "diffuse",
+                 occupancy_is_visible: bool = False) -> torch.Tensor:
     """Deterministic renders [B, 3, H, W] (on the CPU) with the training light (the teacher's look): the
     validation, turntable and metric renders of a run, and ``dreamdistill eval``. Puts the modules in eval mode.
-    Marches only the occupancy grid's :meth:`~OccupancyGrid.visible_cells` (several times fewer samples)."""
+    Marches only the occupancy grid's :meth:`~OccupancyGrid.visible_cells` (several times fewer samples);
+    ``occupancy_is_visible``: ``occupancy`` already is that grid for this field (computed once for a field that
+    does not change)."""
     field_.eval()
     background.eval()
-    if occupancy is not None:
+    if occupancy is not None and not occupancy_is_visible:
         occupancy = occupancy.visible_cells(field_.density, marching_step(config))
     images = []
     for part in range(0, len(cameras), 4):
