@@ -276,7 +276,7 @@ def main() -> None:
             futures = [pool.submit(run_one, prompt, method, args) for prompt, method in todo]
             for future in as_completed(futures):
                 record(future.result())
-    if args.figure_only and runs:  # the summary too, with this code's summarise
+    if runs and out.is_file():  # the summary of every run it holds (also when nothing was left to run)
         write_json_atomic(out, {**json.loads(out.read_text()), **summarise(runs, methods)})
     figure = out.with_suffix(".png")
     write_figure(runs, methods, prompts, figure)
