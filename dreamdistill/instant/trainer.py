@@ -18,6 +18,7 @@ from dreamdistill.guidance.sds import SDS
 from dreamdistill.instant.config import InstantConfig
 from dreamdistill.instant.generator import InstantField
 from dreamdistill.instant.prompts import draw_prompts, training_prompts
+from dreamdistill.lift3d.lifter import gradients_finite
 from dreamdistill.lift3d.regularizers import regularizer_losses
 from dreamdistill.lift3d.scene import marching_step
 from dreamdistill.lift3d.schedules import (
@@ -122,7 +123,7 @@ class InstantTrainer:
         loss = sum(regularizers.values(), result["loss"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        finite = int(result.get("nonfinite", 0)) == 0 and self.gradients_finite(loss)
+        finite = int(result.get("nonfinite", 0)) == 0 and gradients_finite(loss, self.optimizer)
         if finite:
             self.optimizer.step()
         else:
@@ -132,13 +133,6 @@ class InstantTrainer:
                 "opacity": float(torch.stack(opacities).mean()), "t": float(result["t"].float().mean()),
                 "nonfinite": float(not finite), "prompts": prompts,
                 **{name: float(value.detach()) for name, value in regularizers.items()}}
-
-    def gradients_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss and every gradient are free of NaN and infinity."""
-        checks = [torch.isfinite(loss.detach()).all()]
-        checks += [torch.isfinite(p.grad).all() for group in self.optimizer.param_groups for p in group["params"]
-                   if p.grad is not None]
-        return bool(torch.stack(checks).all())
 
     # -- checkpoints
     def state_dict(self) -> dict:

@@ -34,6 +34,14 @@ def field_digest(field) -> str:
     return digest.hexdigest()
 
 
+def gradients_finite(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``loss`` and the gradient of every parameter ``optimizer`` steps are free of NaN and infinity."""
+    checks = [torch.isfinite(loss.detach()).all()]
+    checks += [torch.isfinite(p.grad).all() for group in optimizer.param_groups for p in group["params"]
+               if p.grad is not None]
+    return bool(torch.stack(checks).all())
+
+
 def make_guidance(config: LiftConfig, teacher, fast: bool = False) -> SDS:
     """The guidance of ``config.method``: SDS, or VSD (SDS with a LoRA critic) for "vsd" (``fast``: fused AdamW
     and one UNet call for the teacher's and the critic's predictions)."""
@@ -154,10 +162,7 @@ class Lifter:
 
     def gradients_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss and every scene gradient are free of NaN and infinity (one device sync)."""
-        checks = [torch.isfinite(loss.detach()).all()]
-        checks += [torch.isfinite(p.grad).all() for group in self.optimizer.param_groups for p in group["params"]
-                   if p.grad is not None]
-        return bool(torch.stack(checks).all())
+        return gradients_finite(loss, self.optimizer)
 
     def field_moved(self) -> bool:
         """Whether the field's parameters differ from their initial values."""
