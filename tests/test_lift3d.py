@@ -175,6 +175,32 @@ def test_regularisers_are_counted_per_model_element():
     assert float(late) == pytest.approx(0.5 * float(regularizer_losses(config, out, 0.75, 3072)["distortion"]))
 
 
+def test_normalised_distortion_divides_by_opacity_squared_and_ignores_a_rays_scale():
+    """regularizers.distortion_normalised: per pixel L_dist / (A² + 0.01), A the pixel's opacity. Golden values by
+    hand on one two-sample ray (weights w, 0.1 apart, δ = 0.1): L = 2 w1 w2 · 0.1 + 0.1/3 (w1² + w2²). Halving
+    both weights quarters the raw term, and leaves the normalised one within the ε floor's share."""
+    from dreamdistill.lift3d import RegularizerConfig, regularizer_losses
+    from dreamdistill.render.volume import RenderOutput, distortion_penalty
+
+    def ray(w1: float, w2: float) -> tuple[float, float]:
+        weights = torch.tensor([w1, w2])
+        raw = distortion_penalty(weights, torch.tensor([0.0, 0.1]), torch.tensor([0, 0]), torch.tensor([0, 1]),
+                                 1, 2, 0.1, 0)
+        out = RenderOutput(torch.zeros(1, 3, 1, 1), torch.tensor(w1 + w2).view(1, 1, 1, 1), None, None, 0, None,
+                           raw.view(1, 1, 1, 1), None)
+        config = RegularizerConfig(distortion=1.0, distortion_normalised=True)
+        return float(raw), float(regularizer_losses(config, out, 1.0, 1)["distortion"])
+
+    raw, normalised = ray(0.4, 0.4)
+    golden = 2 * 0.4 * 0.4 * 0.1 + 0.1 / 3 * (0.4**2 + 0.4**2)
+    assert raw == pytest.approx(golden, rel=1e-5)
+    assert normalised == pytest.approx(golden / (0.8**2 + 0.01), rel=1e-5)
+    raw_half, normalised_half = ray(0.2, 0.2)
+    assert raw_half == pytest.approx(raw / 4, rel=1e-5)
+    assert normalised_half == pytest.approx(normalised * (0.8**2 + 0.01) / (0.8**2 + 0.04), rel=1e-5)
+    assert normalised_half > 0.9 * normalised
+
+
 def test_eval_rescores_a_run_like_its_own_metrics(tiny_pixel_teacher_dir, tmp_path, capsys):
     assert run("a red chair", tiny_pixel_teacher_dir, tmp_path, "--steps", "2",
                overrides=TINY + ["export.formats=[ply]"]) == 0

@@ -72,6 +72,11 @@ MUTATIONS = [
     (LIFTER, "return_eikonal=config.regularizers.eikonal > 0)", "return_eikonal=False)", "eikonal", LIFT_TESTS),
     ("dreamdistill/export.py", "config = replace(config, threshold=field_.surface_density())", "pass",
      "zero_level", SDF_TESTS),
+    # the normalised distortion: divided by opacity² + ε, and only when asked for
+    ("dreamdistill/lift3d/regularizers.py", "distortion / (opacity.square() + DISTORTION_OPACITY_FLOOR)",
+     "distortion / (opacity + DISTORTION_OPACITY_FLOOR)", "normalised_distortion", LIFT_TESTS),
+    ("dreamdistill/lift3d/regularizers.py", "if config.distortion_normalised\n", "if True\n",
+     "regularisers_are_counted", LIFT_TESTS),
 ]
 
 

@@ -66,6 +66,10 @@ class RegularizerConfig:
     pairs). Over all pairs, two surfaces on one ray pay for the gap between them. Measured once, it did not save
     the red chair: window 0.15 at weight 4 from the first step left only its posts by step 400; the late ramp
     (``distortion_from``) is what kept the backrest and the seat."""
+    distortion_normalised: bool = False
+    """Divide each ray's distortion by (its opacity² + 0.01): the penalty becomes (nearly) invariant to the ray's
+    total weight, so it gathers a haze into a surface instead of also paying it to fade away (the raw term is
+    quadratic in the weights, so a vanishing object is one of its minima)."""
 
     eikonal: Annotated[float, Range(0, 1e6)] = 0.0
     """Weight of Σ_i sg(w_i) (|∇d_i| − 1)² per ray (the eikonal term; for ``scene.geometry: sdf``, where it keeps d

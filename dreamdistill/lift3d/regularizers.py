@@ -21,6 +21,16 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.log() + (1 - p) * (1 - p).log())
 
 
+DISTORTION_OPACITY_FLOOR = 0.01
+"""ε of the normalised distortion L_dist / (A² + ε): on rays under about 0.1 opacity (A² < ε) the term is the raw,
+quadratic one again (× 1/ε), so a faint haze still pays to fade, and empty rays do not divide by zero."""
+
+
+def normalised_distortion(distortion: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
+    """Per-pixel distortion over (opacity² + ε): scaling all of a ray's weights by s leaves it (nearly) unchanged."""
+    return distortion / (opacity.square() + DISTORTION_OPACITY_FLOOR)
+
+
 def regularizer_losses(config: RegularizerConfig, out: RenderOutput, progress: float,
                        model_elements: int) -> dict[str, torch.Tensor]:
     """The active regularisers on a (square) render ``out`` at ``progress``, weighted, by config name
@@ -42,7 +52,9 @@ def regularizer_losses(config: RegularizerConfig, out: RenderOutput, progress: f
         losses["orientation"] = config.orientation * out.orientation.sum() * per_image
     distortion_weight = ramp_weight(config.distortion, config.distortion_from, progress)
     if distortion_weight and out.distortion is not None:
-        losses["distortion"] = distortion_weight * out.distortion.sum() * per_image
+        distortion = (normalised_distortion(out.distortion, out.opacity) if config.distortion_normalised
+                      else out.distortion)
+        losses["distortion"] = distortion_weight * distortion.sum() * per_image
     if config.eikonal and out.eikonal is not None:
         losses["eikonal"] = config.eikonal * out.eikonal.sum() * per_image
     return losses
