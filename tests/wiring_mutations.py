@@ -77,6 +77,9 @@ MUTATIONS = [
      "distortion / (opacity + DISTORTION_OPACITY_FLOOR)", "normalised_distortion", LIFT_TESTS),
     ("dreamdistill/lift3d/regularizers.py", "if config.distortion_normalised\n", "if True\n",
      "regularisers_are_counted", LIFT_TESTS),
+    # the field's initial weights from scene.init_seed, the draws from seed
+    (LIFTER, "torch.manual_seed(config.seed if init_seed is None else init_seed)", "torch.manual_seed(config.seed)",
+     "init_seed", LIFT_TESTS),
 ]
 
 

@@ -56,7 +56,8 @@ class Lifter:
     def __init__(self, config: LiftConfig, teacher):
         self.config, self.teacher = config, teacher
         self.device = teacher.device
-        torch.manual_seed(config.seed)
+        init_seed = config.scene.init_seed
+        torch.manual_seed(config.seed if init_seed is None else init_seed)
         self.field, self.background, self.occupancy = build_scene(config, self.device)
         self.step_size = marching_step(config.render)
         o = config.optim

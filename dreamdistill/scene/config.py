@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from dreamdistill.config import Range
+from dreamdistill.config import Range, Seed
 from dreamdistill.scene.field import Geometry
 from dreamdistill.scene.hashgrid import Backend
 
@@ -45,3 +45,7 @@ class SceneConfig:
     """Coarse-to-fine: hash-grid levels in use at the start (0: all levels throughout)."""
     levels_full_at: Annotated[float, Range(0, 1)] = 0.5
     """Fraction of the run by which the levels in use have grown linearly to all of them."""
+    init_seed: Seed | None = None
+    """Seed of the field's initial weights (None: the run's ``seed``, which also seeds the cameras, timesteps and
+    noise). Apart, they show which one a result hangs on: the red chair's seat survives seed 1's draws from seed 0's
+    initial field and is lost from seed 1's (benchmarks/results/chair_seed_diagnosis.json)."""
