@@ -75,6 +75,8 @@ MUTATIONS = [
     # the normalised distortion: divided by opacity² + ε, and only when asked for
     ("dreamdistill/lift3d/regularizers.py", "distortion / (opacity.square() + DISTORTION_OPACITY_FLOOR)",
      "distortion / (opacity + DISTORTION_OPACITY_FLOOR)", "normalised_distortion", LIFT_TESTS),
+    ("dreamdistill/lift3d/regularizers.py", "distortion / (opacity.square() + DISTORTION_OPACITY_FLOOR)",
+     "distortion / (opacity.detach().square() + DISTORTION_OPACITY_FLOOR)", "normalised_distortion", LIFT_TESTS),
     ("dreamdistill/lift3d/regularizers.py", "if config.distortion_normalised\n", "if True\n",
      "regularisers_are_counted", LIFT_TESTS),
     # the field's initial weights from scene.init_seed, the draws from seed
