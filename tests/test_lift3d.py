@@ -380,3 +380,23 @@ def test_init_seed_sets_the_initial_field_and_seed_the_draws(tiny_pixel_teacher_
     assert not torch.equal(weights(plain0), weights(plain1))
     first_a, first_b = a.step(0), b.step(0)  # one initial field, two runs' draws: different first steps
     assert first_a["t"] != first_b["t"] or first_a["loss"] != first_b["loss"]
+
+
+def test_run_folders_of_one_prompt_started_in_the_same_second_differ(tmp_path, monkeypatch):
+    """Two runs of one prompt started in the same second (``--jobs 2`` benchmarks) each get their own folder,
+    even when the other process creates the name between a check and the mkdir (simulated: exists() is False)."""
+    import datetime
+    from pathlib import Path
+
+    from dreamdistill.lift3d import create_run_dir, run
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 2, 6, 0, 0)
+
+    monkeypatch.setattr(run.datetime, "datetime", Frozen)
+    first = create_run_dir(tmp_path, "a red chair")
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    folders = {first} | {create_run_dir(tmp_path, "a red chair") for _ in range(3)}
+    assert len(folders) == 4 and all(f.is_dir() and f.parent == tmp_path for f in folders)

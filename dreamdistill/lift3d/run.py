@@ -74,12 +74,15 @@ def create_run_dir(out: Path, prompt: str) -> Path:
     """A new ``OUT/<slug>-<YYYYmmdd-HHMMSS>`` folder (suffixed when taken)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(out) / f"{slugify(prompt)}-{stamp}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
-    return path
+    while True:  # mkdir, not exists(): two runs of one prompt started in the same second each get their own folder
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
 
 
 def load_run(run_dir: str | Path) -> tuple[Path, LiftConfig, dict | None]:
