@@ -137,6 +137,10 @@ def check_config(config: LiftConfig) -> None:
     if not config.prompt.strip():
         raise DreamDistillError('empty prompt: pass what to make, e.g. dreamdistill "a red chair"')
     validate(config)
+    shading = config.render.diffuse_probability + config.render.textureless_probability
+    if shading > 1 + 1e-9:
+        raise DreamDistillError(f"render.diffuse_probability + render.textureless_probability = {shading:g} is over 1 "
+                                "(they are chances of one draw; the rest is albedo): lower one of them")
     check_texture_size(config.export.texture_size)
 
 
