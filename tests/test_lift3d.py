@@ -136,6 +136,17 @@ def test_out_of_vocabulary_prompt_warns(tiny_pixel_teacher_dir, tmp_path, capsys
     assert metrics["r_precision"] is None and metrics["view_consistency"] is None
 
 
+def test_pick_shading_draws_each_shading_with_its_chance():
+    """diffuse 0.8 / textureless 0.2 (the toy presets) over 4,000 draws: each within 3 SE of its chance, no albedo;
+    during the albedo warm-up every draw is albedo."""
+    config = RenderConfig(albedo_warmup=0.1, diffuse_probability=0.8, textureless_probability=0.2)
+    generator = torch.Generator().manual_seed(0)
+    draws = [pick_shading(config, 0.5, generator) for _ in range(4000)]
+    assert abs(draws.count("textureless") / 4000 - 0.2) < 3 * (0.2 * 0.8 / 4000) ** 0.5
+    assert draws.count("albedo") == 0
+    assert {pick_shading(config, 0.05, generator) for _ in range(50)} == {"albedo"}
+
+
 def test_helpers():
     assert step_seed(0, 5) != step_seed(0, 6) and step_seed(1, 5) != step_seed(0, 5)
     config = RenderConfig(resolution=64, resolution_start=32, resolution_switch=0.5, albedo_warmup=0.2,

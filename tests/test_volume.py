@@ -192,6 +192,22 @@ def test_gradients_reach_grid_and_mlp():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
 
 
+def test_a_textureless_render_trains_the_geometry_and_not_the_albedo():
+    """Textureless shading (the toy presets' 20 %: a white part on the white background shows only by its
+    shading, so the red chair's white seat needs renders where colour cannot explain it) paints every sample
+    white: the density row of the MLP's output gets a gradient, the three albedo rows get exactly none."""
+    torch.manual_seed(0)
+    grid = HashGrid(levels=4, log2_table_size=12, base_resolution=8, max_resolution=64)
+    field = Field(grid=grid, hidden_dim=32)
+    field.train()
+    cameras = orbit_cameras(1)
+    out = render(field, None, cameras, 16, shading="textureless", light=sample_lights(cameras))
+    out.image.mean().backward()
+    output = field.mlp[-1]
+    assert output.weight.grad[0].abs().sum() > 0 and output.bias.grad[0] != 0
+    assert output.weight.grad[1:].abs().sum() == 0 and output.bias.grad[1:].abs().sum() == 0
+
+
 def test_empty_field_shows_the_background():
     class Empty:
         def __call__(self, x):
