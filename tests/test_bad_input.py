@@ -106,7 +106,9 @@ CASES = [
     ("SET", "validate_every=-1", "validate_every=-1 is out of range"),
     ("SET", "regularizers.opacity_entropy_from=1", "must be in [0, 1)"),
     ("SET", "export.formats=[stl]", "must be one of 'glb', 'obj', 'ply'"),
-    ("SET", "render.textureless_probability=0.5", "render.textureless_probability = 1.5 is over 1"),
+    # both chances set here, so the case does not depend on the preset's diffuse share
+    ("LIFT", ["--set", "render.diffuse_probability=0.7", "--set", "render.textureless_probability=0.5"],
+     "render.diffuse_probability + render.textureless_probability = 1.2 is over 1"),
     # --resume: conflicting arguments, damaged or mismatched checkpoints
     (["--resume", "{run}", "a blue mug"], "a prompt would be ignored"),
     (["--resume", "{run}", "--guidance", "vsd"], "--guidance would be ignored"),
