@@ -109,6 +109,9 @@ CASES = [
     # both chances set here, so the case does not depend on the preset's diffuse share
     ("LIFT", ["--set", "render.diffuse_probability=0.7", "--set", "render.textureless_probability=0.5"],
      "render.diffuse_probability + render.textureless_probability = 1.2 is over 1"),
+    ("LIFT", ["--set", "render.diffuse_probability=0.8", "--set", "render.textureless_probability=0.2",
+              "--set", "render.geometry_probability=0.1"],
+     "render.diffuse_probability + render.textureless_probability + render.geometry_probability = 1.1 is over 1"),
     # --resume: conflicting arguments, damaged or mismatched checkpoints
     (["--resume", "{run}", "a blue mug"], "a prompt would be ignored"),
     (["--resume", "{run}", "--guidance", "vsd"], "--guidance would be ignored"),

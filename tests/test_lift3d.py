@@ -138,13 +138,23 @@ def test_out_of_vocabulary_prompt_warns(tiny_pixel_teacher_dir, tmp_path, capsys
 
 def test_pick_shading_draws_each_shading_with_its_chance():
     """diffuse 0.8 / textureless 0.2 (the toy presets) over 4,000 draws: each within 3 SE of its chance, no albedo;
-    during the albedo warm-up every draw is albedo."""
+    during the albedo warm-up every draw is albedo; a four-way split with geometry draws each share; from
+    ``textureless_until`` on, textureless draws are diffuse."""
     config = RenderConfig(albedo_warmup=0.1, diffuse_probability=0.8, textureless_probability=0.2)
     generator = torch.Generator().manual_seed(0)
     draws = [pick_shading(config, 0.5, generator) for _ in range(4000)]
     assert abs(draws.count("textureless") / 4000 - 0.2) < 3 * (0.2 * 0.8 / 4000) ** 0.5
     assert draws.count("albedo") == 0
     assert {pick_shading(config, 0.05, generator) for _ in range(50)} == {"albedo"}
+    split = RenderConfig(albedo_warmup=0.0, diffuse_probability=0.5, textureless_probability=0.2,
+                         geometry_probability=0.2)
+    draws = [pick_shading(split, 0.5, generator) for _ in range(4000)]
+    for shading, chance in (("diffuse", 0.5), ("textureless", 0.2), ("geometry", 0.2), ("albedo", 0.1)):
+        assert abs(draws.count(shading) / 4000 - chance) < 3 * (chance * (1 - chance) / 4000) ** 0.5, shading
+    early = RenderConfig(albedo_warmup=0.0, diffuse_probability=0.8, textureless_probability=0.2,
+                         textureless_until=0.4)
+    assert "textureless" in {pick_shading(early, 0.39, generator) for _ in range(200)}
+    assert {pick_shading(early, 0.4, generator) for _ in range(200)} == {"diffuse"}  # its chance goes to diffuse
 
 
 def test_helpers():

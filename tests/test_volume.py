@@ -208,6 +208,29 @@ def test_a_textureless_render_trains_the_geometry_and_not_the_albedo():
     assert output.weight.grad[1:].abs().sum() == 0 and output.bias.grad[1:].abs().sum() == 0
 
 
+def test_a_geometry_render_shows_the_diffuse_image_and_trains_only_the_geometry():
+    """Geometry shading is the diffuse render with the albedo detached: the same image (the teacher sees the
+    object's colours), the same gradient on the density row of the MLP's output as the diffuse render's, and
+    exactly none on the three albedo rows (which the diffuse render does train)."""
+    torch.manual_seed(0)
+    grid = HashGrid(levels=4, log2_table_size=12, base_resolution=8, max_resolution=64)
+    field = Field(grid=grid, hidden_dim=32)
+    field.train()
+    cameras = orbit_cameras(1)
+    light = sample_lights(cameras, torch.Generator().manual_seed(0))
+    grads = {}
+    for shading in ("diffuse", "geometry"):
+        field.zero_grad()
+        out = render(field, None, cameras, 16, shading=shading, light=light, stratified=False)
+        (out.image * torch.linspace(0, 1, 16)).mean().backward()
+        grads[shading] = (out.image.detach(), field.mlp[-1].weight.grad.clone(), field.mlp[-1].bias.grad.clone())
+    (image_d, weight_d, bias_d), (image_g, weight_g, bias_g) = grads["diffuse"], grads["geometry"]
+    torch.testing.assert_close(image_g, image_d, atol=0, rtol=0)
+    torch.testing.assert_close(weight_g[0], weight_d[0]) and torch.testing.assert_close(bias_g[0], bias_d[0])
+    assert weight_d[1:].abs().sum() > 0 and weight_d[0].abs().sum() > 0
+    assert weight_g[1:].abs().sum() == 0 and bias_g[1:].abs().sum() == 0
+
+
 def test_empty_field_shows_the_background():
     class Empty:
         def __call__(self, x):

@@ -27,14 +27,17 @@ def resolution_at(config: RenderConfig, progress: float) -> int:
 
 
 def pick_shading(config: RenderConfig, progress: float, generator: torch.Generator) -> Shading:
-    """albedo during warm-up, then diffuse / textureless / albedo with the configured chances."""
+    """albedo during warm-up, then diffuse / textureless / geometry / albedo with the configured chances; from
+    ``textureless_until`` on, the textureless chance is diffuse's."""
     draw = float(torch.rand(1, generator=generator))
     if progress < config.albedo_warmup:
         return "albedo"
     if draw < config.diffuse_probability:
         return "diffuse"
     if draw < config.diffuse_probability + config.textureless_probability:
-        return "textureless"
+        return "textureless" if progress < config.textureless_until else "diffuse"
+    if draw < config.diffuse_probability + config.textureless_probability + config.geometry_probability:
+        return "geometry"
     return "albedo"
 
 

@@ -33,7 +33,11 @@ class RenderConfig:
     diffuse_probability: Annotated[float, Range(0, 1)] = 0.8
     """After warm-up, chance of diffuse shading for a step."""
     textureless_probability: Annotated[float, Range(0, 1)] = 0.0
-    """After warm-up, chance of textureless shading (the rest is albedo)."""
+    """After warm-up, chance of textureless shading."""
+    textureless_until: Annotated[float, Range(0, 1, open_low=True)] = 1.0
+    """Fraction of the run after which the textureless chance goes to diffuse shading (1: the whole run)."""
+    geometry_probability: Annotated[float, Range(0, 1)] = 0.0
+    """After warm-up, chance of geometry shading (diffuse with the albedo detached; the rest is albedo)."""
     ambient: Annotated[float, Range(0, 1)] = 0.5
     """Ambient fraction of the lit shadings."""
     light_direction: Annotated[tuple[float, float, float], Range(-1, 1)] = (-0.45, 0.6, 0.66)

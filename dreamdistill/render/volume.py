@@ -20,9 +20,11 @@ Rays march with a constant step inside the box. Sampling:
 Per-ray sums are ``index_add`` over packed samples.
 
 Shading (DreamFusion): ``albedo`` (colour = albedo), ``diffuse`` (albedo * (ambient + (1 - ambient) *
-max(0, n . l)) with a point light) and ``textureless`` (the same with white albedo). Normals are computed
-only at samples whose weight exceeds ``normal_weight_threshold``; with ``return_eikonal`` the same gradient gives
-the per-ray eikonal penalty Σ_i sg(w_i) (|∇ logit_i| − 1)² (for a signed-distance field, |∇d| = 1).
+max(0, n . l)) with a point light), ``textureless`` (the same with white albedo) and ``geometry`` (the diffuse
+image with the albedo detached: the teacher sees the object's colours, the gradient reaches density and normals
+only). Normals are computed only at samples whose weight exceeds ``normal_weight_threshold``; with
+``return_eikonal`` the same gradient gives the per-ray eikonal penalty Σ_i sg(w_i) (|∇ logit_i| − 1)² (for a
+signed-distance field, |∇d| = 1).
 
 Typical training step::
 
@@ -48,8 +50,8 @@ from dreamdistill.render.cameras import Cameras, generate_rays
 from dreamdistill.render.occupancy import OccupancyGrid
 from dreamdistill.scene.field import normals_from_gradient
 
-Shading = Literal["albedo", "diffuse", "textureless"]
-SHADINGS: tuple[Shading, ...] = ("albedo", "diffuse", "textureless")
+Shading = Literal["albedo", "diffuse", "textureless", "geometry"]
+SHADINGS: tuple[Shading, ...] = ("albedo", "diffuse", "textureless", "geometry")
 
 BOX_BOUND = 1.0
 DEFAULT_STEP_SIZE = 2 * math.sqrt(3) * BOX_BOUND / 256
@@ -330,7 +332,7 @@ def render_rays(
     steps apart; 0: all pairs).
     ``return_eikonal``: also the per-ray :func:`eikonal_penalty` (needs ``field.logit_gradient``).
 
-    ``light_positions`` [R, 3] and ``ambient`` [R] are needed by the ``diffuse`` and ``textureless`` shadings.
+    ``light_positions`` [R, 3] and ``ambient`` [R] are needed by the lit shadings.
     """
     if shading not in SHADINGS:
         raise ValueError(f"shading must be one of {SHADINGS}, got {shading!r}")
@@ -378,7 +380,10 @@ def render_rays(
         assert normals is not None and light_positions is not None and ambient is not None
         to_light = nn.functional.normalize(light_positions[rays] - positions, dim=-1)
         shade = lambertian(normals, to_light, ambient[rays])[:, None]  # [S, 1]
-        rgb = shade * albedo if shading == "diffuse" else shade.expand(-1, 3)
+        if shading == "textureless":
+            rgb = shade.expand(-1, 3)
+        else:
+            rgb = shade * (albedo.detach() if shading == "geometry" else albedo)
     else:
         rgb = albedo
 
