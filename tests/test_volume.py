@@ -226,7 +226,8 @@ def test_a_geometry_render_shows_the_diffuse_image_and_trains_only_the_geometry(
         grads[shading] = (out.image.detach(), field.mlp[-1].weight.grad.clone(), field.mlp[-1].bias.grad.clone())
     (image_d, weight_d, bias_d), (image_g, weight_g, bias_g) = grads["diffuse"], grads["geometry"]
     torch.testing.assert_close(image_g, image_d, atol=0, rtol=0)
-    torch.testing.assert_close(weight_g[0], weight_d[0]) and torch.testing.assert_close(bias_g[0], bias_d[0])
+    torch.testing.assert_close(weight_g[0], weight_d[0])
+    torch.testing.assert_close(bias_g[0], bias_d[0])
     assert weight_d[1:].abs().sum() > 0 and weight_d[0].abs().sum() > 0
     assert weight_g[1:].abs().sum() == 0 and bias_g[1:].abs().sum() == 0
 

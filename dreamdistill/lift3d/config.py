@@ -137,12 +137,10 @@ def check_config(config: LiftConfig) -> None:
     if not config.prompt.strip():
         raise DreamDistillError('empty prompt: pass what to make, e.g. dreamdistill "a red chair"')
     validate(config)
-    r = config.render
-    shading = r.diffuse_probability + r.textureless_probability + r.geometry_probability
+    chances = [(name, chance) for name, chance in config.render.shading_chances() if chance > 0]
+    shading = sum(chance for _, chance in chances)
     if shading > 1 + 1e-9:
-        named = " + ".join(f"render.{name}_probability" for name, chance in
-                           (("diffuse", r.diffuse_probability), ("textureless", r.textureless_probability),
-                            ("geometry", r.geometry_probability)) if chance > 0)
+        named = " + ".join(f"render.{name}_probability" for name, _ in chances)
         raise DreamDistillError(f"{named} = {shading:g} is over 1 "
                                 "(they are chances of one draw; the rest is albedo): lower one of them")
     check_texture_size(config.export.texture_size)

@@ -32,12 +32,12 @@ def pick_shading(config: RenderConfig, progress: float, generator: torch.Generat
     draw = float(torch.rand(1, generator=generator))
     if progress < config.albedo_warmup:
         return "albedo"
-    if draw < config.diffuse_probability:
-        return "diffuse"
-    if draw < config.diffuse_probability + config.textureless_probability:
-        return "textureless" if progress < config.textureless_until else "diffuse"
-    if draw < config.diffuse_probability + config.textureless_probability + config.geometry_probability:
-        return "geometry"
+    cumulative = 0.0
+    for shading, chance in config.shading_chances():
+        cumulative += chance
+        if draw < cumulative:
+            late_textureless = shading == "textureless" and progress >= config.textureless_until
+            return "diffuse" if late_textureless else shading
     return "albedo"
 
 

@@ -38,6 +38,11 @@ class RenderConfig:
     """Fraction of the run after which the textureless chance goes to diffuse shading (1: the whole run)."""
     geometry_probability: Annotated[float, Range(0, 1)] = 0.0
     """After warm-up, chance of geometry shading (diffuse with the albedo detached; the rest is albedo)."""
+
+    def shading_chances(self) -> tuple[tuple[str, float], ...]:
+        """(shading, chance) of one draw after warm-up, in draw order; albedo takes what is left."""
+        return (("diffuse", self.diffuse_probability), ("textureless", self.textureless_probability),
+                ("geometry", self.geometry_probability))
     ambient: Annotated[float, Range(0, 1)] = 0.5
     """Ambient fraction of the lit shadings."""
     light_direction: Annotated[tuple[float, float, float], Range(-1, 1)] = (-0.45, 0.6, 0.66)
