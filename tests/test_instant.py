@@ -234,3 +234,38 @@ def test_the_shipped_generator_is_lean_fp16_and_says_how_it_was_trained():
     info = json.loads((folder / INFO_NAME).read_text())
     assert info["trained_steps"] > 0 and info["minutes"] > 0 and info["recipe"]["steps"] >= info["trained_steps"]
     assert info["held_out"] == held_out_prompts() and not set(info["held_out"]) & set(info["training_prompts"])
+
+
+def test_each_grid_has_its_own_occupancy_refreshed_from_its_own_field(pixel, tiny_pixel_teacher_dir, tmp_path):
+    """modulate: albedo gives one occupancy grid per hash grid; a step refreshes only the drawn prompts' grids
+    (from that grid's density), and resuming restores the grids and their clocks exactly."""
+    from dreamdistill.instant.run import train
+
+    occupancy = ["conditioning.modulate=albedo", "render.occupancy_resolution=8", "render.occupancy_warmup=1",
+                 "render.occupancy_update_every=1"]
+    assert InstantTrainer(tiny_config(tiny_pixel_teacher_dir), pixel).occupancy is None  # modulate: all
+    trainer = InstantTrainer(tiny_config(tiny_pixel_teacher_dir, *occupancy), pixel)
+    assert len(trainer.occupancy) == len(trainer.model.grids) == len(CATEGORIES)
+    calls, x = [], torch.rand(32, 3) * 2 - 1
+    for index, grid in enumerate(trainer.occupancy):
+        grid.update = lambda density_fn, *a, index=index, **k: calls.append((index, density_fn(x)))
+    trainer.prompts = ["a red chair", "a blue mug"]
+    with torch.no_grad():  # the densities before the step's update, as the occupancy sees them
+        before = {p: trainer.bound_field(p, 0.0).density(x) for p in trainer.prompts}
+    trainer.step(0)
+    chair, mug = trainer.model.grid_index("a red chair"), trainer.model.grid_index("a blue mug")
+    assert sorted(index for index, _ in calls) == sorted([chair, mug])
+    assert trainer.grid_updates[chair] == trainer.grid_updates[mug] == 1 and sum(trainer.grid_updates) == 2
+    assert not torch.allclose(before["a red chair"], before["a blue mug"])
+    for index, density in calls:  # each grid is refreshed from the density of the prompt it renders
+        torch.testing.assert_close(density, before["a red chair" if index == chair else "a blue mug"])
+
+    config = tiny_config(tiny_pixel_teacher_dir, *occupancy)
+    whole = train(config, tmp_path / "whole", progress_bar=False)
+    train(config, tmp_path / "parts", stop_after=2, progress_bar=False)
+    parts = train(config, tmp_path / "parts", progress_bar=False)
+    assert parts.grid_updates == whole.grid_updates and sum(whole.grid_updates) == 4 * 2
+    for name, tensor in whole.occupancy.state_dict().items():
+        torch.testing.assert_close(parts.occupancy.state_dict()[name], tensor, msg=name)
+    for name, tensor in whole.model.state_dict().items():
+        torch.testing.assert_close(parts.model.state_dict()[name], tensor, msg=name)

@@ -47,7 +47,9 @@ class InstantConfig:
     cameras: CameraRanges = field(default_factory=CameraRanges)
     """Ranges of the random training cameras."""
     render: RenderConfig = field(default_factory=RenderConfig)
-    """Training renders (``occupancy_resolution`` is ignored: no occupancy grid in amortised training)."""
+    """Training renders. With ``conditioning.modulate: albedo`` each hash grid has its own occupancy grid
+    (``occupancy_*``); with ``all`` there is none (a prompt's colour may move its shape), so every sample is
+    marched."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Adam: ``grid_learning_rate`` for the hash grids, ``mlp_learning_rate`` for the MLP and the code MLP."""
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)

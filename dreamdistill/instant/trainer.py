@@ -2,7 +2,9 @@
 
 Each step, with every random draw from the step's own generator (seed, step):
   1. draw ``prompts_per_step`` training prompts y_1..y_P (never a held-out pair: :mod:`.prompts`);
-  2. render G_θ(y_i) (:meth:`InstantField.bind`) from ``cameras_per_prompt`` random cameras each;
+  2. render G_θ(y_i) (:meth:`InstantField.bind`) from ``cameras_per_prompt`` random cameras each, marching only
+     the occupied cells of its grid's occupancy grid when the shape depends on the grid alone
+     (``modulate: albedo``; each grid's occupancy is refreshed on its own count of updates, as in a per-prompt run);
   3. SDS on the whole batch, each render with its own prompt:
      grad_j = w(t_j) (ε̂_teacher(x_t,j; y_i(j), view_j, cfg) − ε_j), loss = ½‖x − sg(x − grad)‖² / B;
   4. plus each render's regularisers (as in a per-prompt run), one backward, one Adam step on θ.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from dreamdistill.guidance.sds import SDS
 from dreamdistill.instant.config import InstantConfig
@@ -31,6 +34,7 @@ from dreamdistill.lift3d.schedules import (
 )
 from dreamdistill.render.cameras import Cameras, sample_cameras
 from dreamdistill.render.lights import camera_light
+from dreamdistill.render.occupancy import OccupancyGrid
 from dreamdistill.render.volume import Light, render
 from dreamdistill.scene.background import Background
 
@@ -59,6 +63,16 @@ class InstantTrainer:
         r = config.render
         self.background = Background(r.background, r.background_color).to(self.device)
         self.step_size = marching_step(r)
+        self.occupancy = None
+        """One occupancy grid per hash grid (None: every sample is marched). Only with ``modulate: albedo``,
+        where every prompt of a grid has that grid's one density; with ``all`` the colour may move the shape."""
+        if r.occupancy_resolution > 0 and self.model.albedo_only:
+            self.occupancy = nn.ModuleList(
+                OccupancyGrid(r.occupancy_resolution, r.occupancy_threshold, decay=r.occupancy_decay,
+                              warmup_steps=r.occupancy_warmup, update_every=r.occupancy_update_every)
+                for _ in self.model.grids).to(self.device)
+        self.grid_updates = [0] * len(self.model.grids)
+        """How many steps have rendered each grid (the occupancy schedule's clock for that grid)."""
         o = config.optim
         grid_parameters = list(self.model.grids.parameters())
         grid_ids = {id(p) for p in grid_parameters}
@@ -83,6 +97,17 @@ class InstantTrainer:
             field_.beta.fill_(sdf_beta_at(self.config.scene, progress))
         return field_
 
+    def update_occupancy(self, prompt: str, field_, generator: torch.Generator) -> OccupancyGrid | None:
+        """The occupancy grid of ``prompt``'s hash grid, refreshed from ``field_``'s density on that grid's own
+        schedule (every cell while warming up, then every ``occupancy_update_every``-th time it is drawn)."""
+        if self.occupancy is None:
+            return None
+        index = self.model.grid_index(prompt)
+        occupancy = self.occupancy[index]
+        occupancy.update(field_.density, self.step_size, step=self.grid_updates[index], generator=generator)
+        self.grid_updates[index] += 1
+        return occupancy
+
     def step(self, step: int) -> dict[str, float]:
         """One update at ``step`` of ``config.steps`` (a non-finite loss or gradient skips the Adam step and is
         counted in :attr:`nonfinite_steps`). Stats include the drawn prompts."""
@@ -105,8 +130,10 @@ class InstantTrainer:
         images, opacities, regularizers = [], [], {}
         for i, prompt in enumerate(prompts):
             part = slice(i * per, (i + 1) * per)
-            out = render(self.bound_field(prompt, progress), self.background, camera_slice(cameras, part),
-                         resolution, shading=shading, light=light_slice(light, part), occupancy=None,
+            field_ = self.bound_field(prompt, progress)
+            occupancy = self.update_occupancy(prompt, field_, generator)
+            out = render(field_, self.background, camera_slice(cameras, part),
+                         resolution, shading=shading, light=light_slice(light, part), occupancy=occupancy,
                          step_size=self.step_size, stratified=True, generator=generator,
                          return_normals=config.regularizers.orientation > 0,
                          return_distortion=config.regularizers.distortion > 0,
@@ -137,10 +164,15 @@ class InstantTrainer:
     # -- checkpoints
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "background": self.background.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "nonfinite_steps": self.nonfinite_steps}
+                "optimizer": self.optimizer.state_dict(), "nonfinite_steps": self.nonfinite_steps,
+                "occupancy": self.occupancy.state_dict() if self.occupancy is not None else None,
+                "grid_updates": list(self.grid_updates)}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.background.load_state_dict(state["background"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        if self.occupancy is not None and state.get("occupancy") is not None:
+            self.occupancy.load_state_dict(state["occupancy"])
+        self.grid_updates = list(state.get("grid_updates", self.grid_updates))
