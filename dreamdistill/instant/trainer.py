@@ -23,7 +23,7 @@ from dreamdistill.instant.generator import InstantField
 from dreamdistill.instant.prompts import draw_prompts, training_prompts
 from dreamdistill.lift3d.lifter import gradients_finite
 from dreamdistill.lift3d.regularizers import regularizer_losses
-from dreamdistill.lift3d.scene import marching_step
+from dreamdistill.lift3d.scene import marching_step, occupancy_grid
 from dreamdistill.lift3d.schedules import (
     active_levels,
     learning_rate_factor,
@@ -67,10 +67,7 @@ class InstantTrainer:
         """One occupancy grid per hash grid (None: every sample is marched). Only with ``modulate: albedo``,
         where every prompt of a grid has that grid's one density; with ``all`` the colour may move the shape."""
         if r.occupancy_resolution > 0 and self.model.albedo_only:
-            self.occupancy = nn.ModuleList(
-                OccupancyGrid(r.occupancy_resolution, r.occupancy_threshold, decay=r.occupancy_decay,
-                              warmup_steps=r.occupancy_warmup, update_every=r.occupancy_update_every)
-                for _ in self.model.grids).to(self.device)
+            self.occupancy = nn.ModuleList(occupancy_grid(r) for _ in self.model.grids).to(self.device)
         self.grid_updates = [0] * len(self.model.grids)
         """How many steps have rendered each grid (the occupancy schedule's clock for that grid)."""
         o = config.optim

@@ -39,12 +39,14 @@ def build_scene(config: LiftConfig, device: torch.device | str = "cpu"
     r = config.render
     field_ = build_field(config.scene).to(device)
     background = Background(r.background, r.background_color).to(device)
-    occupancy = None
-    if r.occupancy_resolution > 0:
-        occupancy = OccupancyGrid(r.occupancy_resolution, r.occupancy_threshold, decay=r.occupancy_decay,
-                                  warmup_steps=r.occupancy_warmup,
-                                  update_every=r.occupancy_update_every).to(device)
+    occupancy = occupancy_grid(r).to(device) if r.occupancy_resolution > 0 else None
     return field_, background, occupancy
+
+
+def occupancy_grid(config: RenderConfig) -> OccupancyGrid:
+    """A fresh occupancy grid with the ``occupancy_*`` settings of ``config``."""
+    return OccupancyGrid(config.occupancy_resolution, config.occupancy_threshold, decay=config.occupancy_decay,
+                         warmup_steps=config.occupancy_warmup, update_every=config.occupancy_update_every)
 
 
 def load_scene(config: LiftConfig, checkpoint: dict,
