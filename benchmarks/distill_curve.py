@@ -8,7 +8,8 @@ Trains the student with its preset (configs/distill-METHOD.yaml) and the CPU rec
 every ``--every`` steps, before the step, samples the generator once on the first ``--num`` prompts and noises of
 ``benchmarks/distill.py`` (captions of toy-world renders, seed 2024) and scores the samples against those renders:
 Fréchet distance and KID ± SE in the evaluator's features, and the share whose category and colour the evaluator
-reads as prompted. The measurements draw no training randomness, so the student is the one the same
+reads as prompted (with ``loop.ema_halflife`` > 0 both the last weights and their average, ``weights``). The
+measurements draw no training randomness, so the student is the one the same
 ``dreamdistill distill`` command trains (their seconds count in its ``training_minutes``). Writes the curve, with the
 loss log, to JSON: where a student falls behind another shows as the step where the curves part.
 """
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     curve: list[dict] = []
     started = time.time()
 
-    def measure(generator: torch.nn.Module, step: int) -> None:
+    def measure(generator: torch.nn.Module, step: int, weights: str = "last") -> None:
         was_training = generator.training
         generator.eval()
         with torch.no_grad():
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         accuracy = round(100 * float(right.float().mean()), 1)
         curve.append({"step": step, "fd": round(frechet_distance(features, real_features), 2), "kid": round(kid, 2),
                       "kid_se": round(kid_se, 2), "category_colour_accuracy": accuracy,
-                      "elapsed_s": round(time.time() - started, 1)})
+                      "weights": weights, "elapsed_s": round(time.time() - started, 1)})
         print(json.dumps(curve[-1]), flush=True)
 
     module, factory = (sid, "_sid_step") if args.method == "sid" else (dmd, "_dmd_step")
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         def step(ctx):
             if ctx.step % args.every == 0:
                 measure(ctx.models["generator"], ctx.step)
+                if ctx.average is not None:  # loop.ema_halflife > 0: the average is what gets shipped
+                    measure(ctx.average, ctx.step, "average")
             return step_fn(ctx)
 
         return step
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = distill(config, teacher=teacher)
     saved = json.loads((Path(folder) / "dreamdistill_teacher.json").read_text())
     trained = sum((saved.get("steps_trained") or {}).values()) or config.loop.steps  # fewer after loop.max_minutes
-    measure(Teacher.from_pretrained(folder, device="cpu", dtype=torch.float32).unet, trained)
+    measure(Teacher.from_pretrained(folder, device="cpu", dtype=torch.float32).unet, trained,
+            "average" if config.loop.ema_halflife > 0 else "last")
     log = Path(f"{str(folder).rstrip('/')}-work") / "log.jsonl"
     write_json_atomic(curve_path, {
         "command": "python benchmarks/distill_curve.py " + " ".join(sys.argv[1:] if argv is None else argv),

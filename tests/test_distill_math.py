@@ -231,3 +231,49 @@ def test_time_limit_ends_the_phase_as_finished(tmp_path, monkeypatch):
     rerun = loop.Run(config, tmp_path)  # a rerun skips the phase and still knows its step count
     rerun.phase("fit", {"model": torch.nn.Linear(3, 1)}, step)
     assert rerun.steps_trained == {"fit": saved["step"]}
+
+
+def _average_of_steps(work_dir, steps, halflife, fail_at=None, seen=None):
+    """A phase whose step sets the weight to step + 1 (no optimiser step): its EMA has a closed form."""
+    from dreamdistill.distill.loop import LoopConfig, Run
+
+    config = LoopConfig(steps=steps, batch_size=1, warmup_steps=0, checkpoint_every=2, log_every=1, device="cpu",
+                        ema_halflife=halflife)
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+
+    def step(ctx):
+        if ctx.step == fail_at:
+            raise KeyboardInterrupt
+        if seen is not None:
+            seen.append(None if ctx.average is None else float(ctx.average.weight))
+        ctx.models["model"].weight.data.fill_(ctx.step + 1.0)
+        return {}
+
+    return Run(config, work_dir).phase("fit", {"model": model}, step, average="model")["model"]
+
+
+def test_phase_returns_the_students_moving_average(tmp_path):
+    """loop.ema_halflife: the returned student is θ̄_n = β θ̄_(n−1) + (1 − β) θ_n from θ̄_0 = θ_0 with
+    β = ½^(1/halflife) (a float64 golden), the step sees the average before it, the finished checkpoint holds the
+    average, an interrupted phase resumes it exactly, and halflife 0 returns the last weights."""
+    from dreamdistill.distill.loop import ema_decay
+
+    halflife, steps = 3.0, 7
+    beta = 0.5 ** (1 / halflife)
+    assert ema_decay(halflife) == pytest.approx(beta) and ema_decay(halflife) ** halflife == pytest.approx(0.5)
+    golden, expected_seen = 0.0, []
+    for k in range(steps):
+        expected_seen.append(golden)
+        golden = beta * golden + (1 - beta) * (k + 1)
+    seen = []
+    averaged = _average_of_steps(tmp_path / "a", steps, halflife, seen=seen)
+    assert float(averaged.weight) == pytest.approx(golden, rel=1e-6) and golden < steps - 1
+    assert seen == pytest.approx(expected_seen, rel=1e-6)
+    saved = torch.load(tmp_path / "a" / "fit.pt", weights_only=False)
+    assert float(saved["modules"]["model"]["weight"]) == pytest.approx(golden, rel=1e-6)
+    with pytest.raises(KeyboardInterrupt):
+        _average_of_steps(tmp_path / "b", steps, halflife, fail_at=5)
+    resumed = _average_of_steps(tmp_path / "b", steps, halflife)
+    assert float(resumed.weight) == pytest.approx(golden, rel=1e-6)
+    assert float(_average_of_steps(tmp_path / "c", steps, 0.0).weight) == steps

@@ -252,7 +252,7 @@ class OneStepRun:
     def __init__(self):
         self.contexts = {}
 
-    def phase(self, name, modules, step_fn, learning_rates=None, betas=None):
+    def phase(self, name, modules, step_fn, learning_rates=None, betas=None, average=None):
         self.contexts[name] = ctx = context(modules)
         step_fn(ctx)
         return modules
@@ -574,7 +574,7 @@ class TrainingRun(OneStepRun):
         super().__init__()
         self.steps = steps
 
-    def phase(self, name, modules, step_fn, learning_rates=None, betas=None):
+    def phase(self, name, modules, step_fn, learning_rates=None, betas=None, average=None):
         optimizers = {k: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
                       for k, m in modules.items()}
         for step in range(self.steps):

@@ -127,5 +127,6 @@ def distill_dmd(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStu
                                                                                    config.dmd.lora_rank,
                                                                                    config.dmd.lora_targets)}
     rates = {"fake": config.dmd.fake_learning_rate} if config.dmd.fake_learning_rate else None
-    trained = run.phase("dmd", modules, _dmd_step(teacher, prompts, pairs, timestep, config), rates)
+    trained = run.phase("dmd", modules, _dmd_step(teacher, prompts, pairs, timestep, config), rates,
+                        average="generator")
     return TrainedStudent(trained["generator"], steps=1, cfg=1.0)

@@ -44,5 +44,5 @@ def distill_kd(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStud
     pairs = teacher_rollouts(run, teacher, training_prompts(teacher, config.prompts), config.cfg, config.data)
     timestep = int(student_schedule(teacher).timesteps(1)[0])
     student = run.phase("kd", {"student": trainable_copy(teacher.unet)},
-                        _kd_step(teacher, pairs, timestep, config.loop.batch_size))["student"]
+                        _kd_step(teacher, pairs, timestep, config.loop.batch_size), average="student")["student"]
     return TrainedStudent(student, steps=1, cfg=1.0)

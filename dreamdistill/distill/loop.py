@@ -3,7 +3,9 @@
 A run is a sequence of *phases* (one PD round, guided stage 1, the whole KD or DMD run). A phase
 trains a few named modules for ``LoopConfig.steps`` optimiser steps with a method's ``step_fn``
 and checkpoints them atomically to ``WORK_DIR/PHASE.pt`` every ``checkpoint_every`` steps.
-Rerunning the same command skips finished phases and resumes the current one. Each step draws
+Rerunning the same command skips finished phases and resumes the current one. With ``ema_halflife`` > 0 a
+phase also keeps an exponential moving average of its student's weights (the module it names as
+``average``), checkpoints it with the rest and returns it in the student's place. Each step draws
 its randomness from its own generator, seeded by (seed, phase, step, process), so a resumed run
 repeats the uninterrupted one exactly.
 
@@ -14,6 +16,7 @@ optimisers go through ``Accelerator.prepare`` (gradients are averaged across pro
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import zlib
@@ -56,6 +59,10 @@ class LoopConfig:
     """auto: accelerate's choice (this process's GPU when there is one, else the CPU); cpu: force the CPU."""
     threads: Annotated[int, Range(0, 1024)] = 0
     """CPU threads for torch (0: torch's default)."""
+    ema_halflife: Annotated[float, Range(0, None)] = 0.0
+    """Half-life, in steps, of an exponential moving average of the student's weights (the generator of DMD and
+    SiD, the student of KD and PD), which the phase returns instead of the last weights, as SiD's and EDM's code
+    sample from their EMA (:func:`ema_decay`); 0: no average."""
     max_minutes: Annotated[float, Range(0, None)] = 0.0
     """Wall-clock limit of each phase's training, counted from when this process starts or resumes the phase
     (0: none). A phase that reaches it stops there, is saved as finished at the step it reached (a rerun
@@ -65,6 +72,20 @@ class LoopConfig:
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """Learning-rate multiplier: linear warm-up over ``warmup_steps``, then 1."""
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def ema_decay(halflife: float) -> float:
+    """Per-step decay β of an average that halves a weight's share every ``halflife`` steps: β^halflife = ½."""
+    return 0.5 ** (1.0 / halflife)
+
+
+@torch.no_grad()
+def update_average(average: nn.Module, module: nn.Module, decay: float) -> None:
+    """One EMA step, θ̄ ← β θ̄ + (1 − β) θ, for every parameter; buffers are copied."""
+    for mean, value in zip(average.parameters(), module.parameters(), strict=True):
+        mean.lerp_(value.detach(), 1.0 - decay)
+    for mean, value in zip(average.buffers(), module.buffers(), strict=True):
+        mean.copy_(value)
 
 
 def step_seed(seed: int, phase: str, step: int, process: int) -> int:
@@ -85,6 +106,8 @@ class StepContext:
     accelerator: object
     optimizers: dict[str, torch.optim.Optimizer] = field(repr=False, default_factory=dict)
     grad_clip: float = 0.0
+    average: nn.Module | None = None
+    """The EMA of the phase's student before this step (None without ``ema_halflife``)."""
 
     def randn(self, *shape: int) -> torch.Tensor:
         """Standard normal noise on the training device."""
@@ -158,12 +181,14 @@ class Run:
 
     def phase(self, name: str, modules: dict[str, nn.Module], step_fn: StepFunction,
               learning_rates: dict[str, float] | None = None,
-              betas: dict[str, tuple[float, float]] | None = None) -> dict[str, nn.Module]:
+              betas: dict[str, tuple[float, float]] | None = None,
+              average: str | None = None) -> dict[str, nn.Module]:
         """Train ``modules`` for ``config.steps`` steps (resuming from WORK_DIR/NAME.pt); returns them unwrapped.
 
         A finished phase is loaded from its checkpoint and skipped. Every parameter with
         ``requires_grad`` gets an AdamW optimiser; ``learning_rates`` overrides the rate per module, ``betas``
-        Adam's (β1, β2) per module (default (0.9, 0.999)).
+        Adam's (β1, β2) per module (default (0.9, 0.999)). ``average`` names the student: with
+        ``ema_halflife`` > 0 its EMA is updated after every step and returned (and saved) in its place.
         """
         config, accelerator = self.config, self.accelerator
         path = self.work_dir / f"{name}.pt"
@@ -182,6 +207,12 @@ class Run:
                 self.steps_trained[name] = int(state["step"])
                 return {key: module.to(self.device).eval().requires_grad_(False) for key, module in modules.items()}
         start = state["step"] if state is not None else 0
+        ema = None
+        if average is not None and config.ema_halflife > 0:
+            ema = copy.deepcopy(modules[average]).requires_grad_(False)
+            if state is not None and "average" in state:
+                ema.load_state_dict(state["average"])
+            ema = ema.to(self.device)
 
         rates = {key: (learning_rates or {}).get(key, config.learning_rate) for key in modules}
         optimizers = {}
@@ -202,9 +233,13 @@ class Run:
         def save(step: int, finished: bool) -> None:
             if self.is_main:
                 weights = {k: accelerator.unwrap_model(m).state_dict() for k, m in models.items()}
+                if ema is not None and finished:  # a finished phase's student is its average
+                    weights[average] = ema.state_dict()
                 checkpoint = {"step": step, "finished": finished, "modules": weights}
                 if not finished:  # a finished phase needs only its weights
                     checkpoint["optimizers"] = {k: o.state_dict() for k, o in prepared_optimizers.items()}
+                    if ema is not None:
+                        checkpoint["average"] = ema.state_dict()
                 torch_save_atomic(path, checkpoint)
             self.wait()
 
@@ -224,9 +259,11 @@ class Run:
                 model.train()
             generator = torch.Generator().manual_seed(step_seed(config.seed, name, step, accelerator.process_index))
             context = StepContext(step, generator, models, self.device, accelerator, prepared_optimizers,
-                                  config.grad_clip)
+                                  config.grad_clip, ema)
             with accelerator.autocast():
                 losses = step_fn(context)
+            if ema is not None:
+                update_average(ema, accelerator.unwrap_model(models[average]), ema_decay(config.ema_halflife))
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
@@ -244,5 +281,7 @@ class Run:
         save(reached, finished=True)
         self.steps_trained[name] = reached
         trained = {key: accelerator.unwrap_model(model).eval().requires_grad_(False) for key, model in models.items()}
+        if ema is not None:
+            trained[average] = ema.eval()
         accelerator.free_memory()  # drop accelerate's references to this phase's modules and optimisers
         return trained

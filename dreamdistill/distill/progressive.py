@@ -165,7 +165,7 @@ def progressive_rounds(run: Run, teacher: Teacher, schedule: NoiseSchedule, firs
         step = _round_step(teacher, schedule, teacher.denoiser(unet, guidance), student_guidance, data, sample_w,
                            student_steps, config, run.config.batch_size)
         phase = f"{prefix}-{teacher_steps}to{student_steps}"
-        unet = run.phase(phase, {"student": trainable_copy(unet)}, step)["student"]
+        unet = run.phase(phase, {"student": trainable_copy(unet)}, step, average="student")["student"]
         guidance = student_guidance
     return unet
 

@@ -136,5 +136,6 @@ def distill_sid(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStu
     modules = {"generator": trainable_copy(teacher.unet), "fake": fake}
     rates = {"fake": config.sid.fake_learning_rate} if config.sid.fake_learning_rate else None
     betas = {key: (config.sid.adam_beta1, 0.999) for key in modules}
-    trained = run.phase("sid", modules, _sid_step(teacher, prompts, timestep, config), rates, betas)
+    trained = run.phase("sid", modules, _sid_step(teacher, prompts, timestep, config), rates, betas,
+                        average="generator")
     return TrainedStudent(trained["generator"], steps=1, cfg=1.0)
