@@ -165,32 +165,58 @@ def run_sample(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- train-teacher
 def train_teacher_parser() -> argparse.ArgumentParser:
-    from dreamdistill.toyworld.train_teacher import TeacherTrainConfig
-
-    defaults = TeacherTrainConfig()
     parser = ArgumentParser(
         prog="dreamdistill train-teacher",
-        description="Train the embedded toy teacher on the toy world (resumes from WORK_DIR/checkpoint.pt).",
+        description="Train a toy teacher on the toy world. --format pixel (default): the embedded 32-px pixel "
+        "teacher (assets/toy-teacher). --format sd: toy-sd, Stable Diffusion in miniature at 128 px "
+        "(assets/toy-sd; stages data, vae, latents, unet, decoder, export). Rerunning the same command resumes "
+        "from WORK_DIR; Ctrl-C saves a checkpoint first.",
     )
-    parser.add_argument("--out", default=defaults.out, help="teacher folder to write")
-    parser.add_argument("--work-dir", default=defaults.work_dir, help="checkpoints, samples, log")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--width", type=int, default=defaults.width, help="UNet width (first level channels)")
-    parser.add_argument("--dataset-size", type=int, default=defaults.dataset_size)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads (0 = default)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--format", choices=("pixel", "sd"), default="pixel", help="which teacher to train")
+    parser.add_argument("--out", default=None, help="teacher folder to write (default: assets/toy-teacher or "
+                        "assets/toy-sd)")
+    parser.add_argument("--work-dir", default=None, help="checkpoints, data cache, samples, log (default: "
+                        "runs/toy-teacher or runs/toy-sd)")
+    parser.add_argument("--stage", default=None, help="sd only: all (default), data, vae, latents, unet, "
+                        "decoder or export")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="sd only: any training setting, e.g. --set unet_minutes=80 (repeatable)")
+    parser.add_argument("--steps", type=int, default=None, help="pixel only: optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=None, help="pixel only")
+    parser.add_argument("--width", type=int, default=None, help="pixel only: UNet width (first level channels)")
+    parser.add_argument("--dataset-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (0 = default)")
+    parser.add_argument("--device", default=None)
     return parser
 
 
 def run_train_teacher(args: argparse.Namespace) -> int:
+    shared = {key: value for key, value in (("out", args.out), ("work_dir", args.work_dir),
+                                            ("dataset_size", args.dataset_size), ("seed", args.seed),
+                                            ("threads", args.threads), ("device", args.device)) if value is not None}
+    if args.format == "sd":
+        from dreamdistill.config import from_dict, merge_override, parse_override
+        from dreamdistill.toyworld.train_sd_teacher import SDTeacherTrainConfig, train_sd_teacher
+
+        for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--width", args.width)):
+            if value is not None:
+                raise DreamDistillError(f"{flag} is for --format pixel: with --format sd pass --set, e.g. "
+                                        "--set unet_steps=20000 (see dreamdistill/toyworld/train_sd_teacher.py)")
+        data = dict(shared, **({"stage": args.stage} if args.stage else {}))
+        for text in args.overrides:
+            data = merge_override(data, *parse_override(text))
+        config = from_dict(SDTeacherTrainConfig, data)
+        validate(config, names=_flag)
+        train_sd_teacher(config)
+        return 0
+    if args.stage or args.overrides:
+        raise DreamDistillError("--stage and --set are for --format sd (the pixel teacher has one stage)")
     from dreamdistill.toyworld.train_teacher import TeacherTrainConfig, train_teacher
 
-    config = TeacherTrainConfig(
-        out=args.out, work_dir=args.work_dir, steps=args.steps, batch_size=args.batch_size, width=args.width,
-        dataset_size=args.dataset_size, seed=args.seed, threads=args.threads, device=args.device,
-    )
+    pixel = {key: value for key, value in (("steps", args.steps), ("batch_size", args.batch_size),
+                                           ("width", args.width)) if value is not None}
+    config = TeacherTrainConfig(**shared, **pixel)
     validate(config, names=_flag)
     train_teacher(config)
     return 0

