@@ -13,7 +13,8 @@ from dreamdistill.toyworld import train_sd_teacher as sd
 
 
 def test_bpe_merges_golden():
-    """Worked by hand: 'ab'×2, 'abc'×1 merge (a, b</w>) (count 2), then the tie (a, b) < (b, c</w>), then (ab, c</w>)."""
+    """Worked by hand: 'ab'×2, 'abc'×1 merge (a, b</w>) (count 2), then the tie (a, b) < (b, c</w>), then
+    (ab, c</w>)."""
     merges = sd_text.learn_merges(Counter({"ab": 2, "abc": 1}))
     assert merges == [("a", "b</w>"), ("a", "b"), ("ab", "c</w>")]
 
@@ -26,7 +27,8 @@ def test_tokenizer_reads_every_training_word_as_one_token_and_anything_else_with
         pieces = tokenizer.tokenize(word)
         assert pieces == [word + "</w>"], (word, pieces)
     ids = tokenizer("a dragon, 3/4 view!").input_ids
-    assert tokenizer.unk_token_id not in ids[1:-1] and ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.unk_token_id not in ids[1:-1]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
     tokenizer.save_pretrained(tmp_path)
     reloaded = CLIPTokenizer.from_pretrained(tmp_path)
     text = "a small green table, side view"
