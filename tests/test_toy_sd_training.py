@@ -170,3 +170,22 @@ def test_trained_folder_loads_in_plain_diffusers_and_agrees_with_our_sampler(tmp
     ours = teacher.sample([prompt], steps=4, guidance_scale=3.0, seed=3)
     torch.testing.assert_close(ours, theirs.float(), atol=2e-3, rtol=0)
     assert _train(tmp_path) == 0  # a rerun of the finished recipe only exports again
+
+
+def test_init_from_starts_each_stage_from_a_shipped_folder(tmp_path):
+    """--set init_from=FOLDER: a stage with no checkpoint starts from the folder's (fp16) weights."""
+    from dreamdistill.toyworld.sd_text import build_tokenizer
+
+    assert _train(tmp_path / "a", "--set", "vae_steps=1", "--set", "unet_steps=1", "--set", "decoder_steps=0") == 0
+    folder = tmp_path / "a" / "toy-sd"
+    config = sd.SDTeacherTrainConfig(init_from=str(folder), vae_width=16, resolution=64, unet_width=32,
+                                     text_width=64, text_layers=1)
+    tokenizer = build_tokenizer(config.max_text_length)
+    for part, module in (("vae", sd.build_vae(16, 64)), ("unet", sd.build_latent_unet(32, 8, 64)),
+                         ("text_encoder", sd.build_text_encoder(len(tokenizer), tokenizer.bos_token_id,
+                                                                tokenizer.eos_token_id, 64, 1, 24))):
+        sd._warm_start(module, config, part)
+        shipped = torch.load(tmp_path / "a" / "work" / ("vae.pt" if part == "vae" else "unet.pt"))
+        key = {"vae": "vae", "unet": "unet_ema", "text_encoder": "text_ema"}[part]
+        for name, value in module.state_dict().items():
+            torch.testing.assert_close(value, shipped[key][name].half().float(), msg=name)

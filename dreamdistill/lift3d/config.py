@@ -114,10 +114,16 @@ class LiftConfig:
 
 
 def default_preset(teacher: str, method: str) -> Path | None:
-    """configs/toy-METHOD.yaml for pixel-space teachers, configs/sd-METHOD.yaml otherwise (None if absent)."""
-    from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, resolve_teacher_path
+    """configs/toy-METHOD.yaml for pixel-space teachers, configs/toy-sd-METHOD.yaml for a latent teacher of the toy
+    world (toy-sd: its dreamdistill.json carries the toy vocabulary), configs/sd-METHOD.yaml otherwise (None if
+    absent)."""
+    from dreamdistill.diffusion.teacher import TEACHER_CONFIG_NAME, read_folder_notes, resolve_teacher_path
 
-    kind = "toy" if (resolve_teacher_path(teacher) / TEACHER_CONFIG_NAME).is_file() else "sd"
+    folder = resolve_teacher_path(teacher)
+    if (folder / TEACHER_CONFIG_NAME).is_file():
+        kind = "toy"
+    else:
+        kind = "toy-sd" if read_folder_notes(folder).get("vocabulary") else "sd"
     path = configs_dir() / f"{kind}-{method}.yaml"
     return path if path.is_file() else None
 

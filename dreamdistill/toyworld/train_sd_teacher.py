@@ -86,6 +86,9 @@ class SDTeacherTrainConfig:
     decoder_minutes: Annotated[float, Range(0, None)] = 0.0
     held_out: Annotated[int, Range(0, 100000)] = 256
     """The data set's last images, never trained on: the VAE's validation PSNR (logged) is measured on them."""
+    init_from: str | None = None
+    """A toy-sd folder (e.g. assets/toy-sd) whose weights start each stage that has no checkpoint yet, to train a
+    shipped teacher further in a later session (the work folder's checkpoints do not travel with the repository)."""
     checkpoint_minutes: Annotated[float, Range(0, None, open_low=True)] = 3.0
     seed: Seed = 0
     device: Device = "cpu"
@@ -223,6 +226,21 @@ def _load_stage(path: Path, keys: tuple[str, ...]) -> dict | None:
     return torch_load_checked(path, keys, "move it away to train the stage again") if path.is_file() else None
 
 
+def _warm_start(module, config: SDTeacherTrainConfig, part: str) -> None:
+    """Load ``init_from/part`` (a saved diffusers or transformers model, fp16) into ``module`` (kept fp32)."""
+    if not config.init_from:
+        return
+    path = Path(config.init_from) / part
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise DreamDistillError(f"--set init_from={config.init_from}: {path} holds no safetensors weights")
+    weights = load_file(files[0])
+    _restore(module, {key: value.float() for key, value in weights.items()}, files[0])
+    print(f"{part}: started from {files[0]}", flush=True)
+
+
 def _log(work_dir: Path, record: dict) -> None:
     from dreamdistill.fileio import append_jsonl
 
@@ -278,6 +296,8 @@ def stage_vae(config: SDTeacherTrainConfig, images: torch.Tensor) -> None:
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
         print(f"vae: resumed at step {step}", flush=True)
+    else:
+        _warm_start(vae, config, "vae")
 
     def save(finished: bool) -> None:
         torch_save_atomic(path, {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -391,6 +411,9 @@ def stage_unet(config: SDTeacherTrainConfig, latents: dict) -> None:
     text_encoder = build_text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
                                       config.text_width, config.text_layers, config.max_text_length).to(device)
     unet = build_latent_unet(config.unet_width, config.resolution // LATENT_FACTOR, config.text_width).to(device)
+    if state is None:
+        _warm_start(unet, config, "unet")
+        _warm_start(text_encoder, config, "text_encoder")
     unet_ema, text_ema = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     parameters = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.unet_learning_rate, weight_decay=0.0)
