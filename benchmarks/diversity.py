@@ -4,10 +4,10 @@
 
 Each (prompt, seed) is a run of the default preset (``benchmarks/text_to_3d.py``'s ``run_one`` with
 ``seed=S``; seed 0 is reused from ``benchmarks/results/text_to_3d.json`` when its preset is unchanged).
-Per prompt: the nearest-real IoU of every seed's mesh, the diversity 1 − mean pairwise IoU of their voxel
-grids (48³, :func:`dreamdistill.shape.diversity`) and, beside it, the same figure for n true objects of the
-category (:func:`dreamdistill.toyworld.shape_fidelity.real_diversity`; its mean over 8 disjoint draws of n).
-A generator as varied as the toy world scores about the real figure; mode collapse scores near 0.
+Per prompt: the nearest-real IoU and normal consistency of every seed's mesh, the diversity 1 − mean pairwise IoU
+of their voxel grids (48³, :func:`dreamdistill.shape.diversity`) and, beside it, the same figure for n true
+objects of the category (:func:`dreamdistill.toyworld.shape_fidelity.real_diversity`; its mean over 8 disjoint
+draws of n). A generator as varied as the toy world scores about the real figure; mode collapse scores near 0.
 Writes ``benchmarks/results/diversity.json`` after every run (rerunning resumes) and ``diversity.png``
 (one row per prompt and seed: the exported mesh from 8 orbit cameras).
 """
@@ -63,6 +63,7 @@ def summarise(runs: list[dict], prompts: list[str], seeds: int) -> dict:
         real = [real_diversity(prompt, n=seeds, start=seeds * k) for k in range(8)]
         rows[prompt] = {
             "seeds": [r["seed"] for r in mine], "nearest_real_iou": [r["nearest_real_iou"] for r in mine],
+            "normal_consistency": [r.get("normal_consistency") for r in mine],
             "largest_area_share": [r.get("largest_area_share") for r in mine],
             "diversity": round(diversity(np.stack(grids)), 4) if len(grids) >= 2 else None,
             "real_diversity": round(statistics.fmean(real), 4), "real_diversity_sd": round(statistics.stdev(real), 4),
@@ -83,6 +84,8 @@ def write_figure(runs: list[dict], prompts: list[str], path: Path, frames: int =
             if views is None:
                 continue
             label = f"{run['method'].upper()}\n{prompt}\nseed {run['seed']}\nIoU {run['nearest_real_iou']:.2f}"
+            if run.get("normal_consistency") is not None:
+                label += f"\nNC {run['normal_consistency']:.2f}"
             rows.append(np.concatenate([label_tile(label, FIGURE_TILE + 32, FIGURE_TILE), *views], axis=1))
     if rows:
         iio.imwrite(path, np.concatenate(rows, axis=0))
@@ -121,7 +124,8 @@ def main() -> None:
 
     def record(result: dict) -> None:
         runs.append(result)
-        print(f"{result['prompt']!r} seed {result['seed']}: IoU {result['nearest_real_iou']}", flush=True)
+        print(f"{result['prompt']!r} seed {result['seed']}: IoU {result['nearest_real_iou']}, normal consistency "
+              f"{result.get('normal_consistency')}", flush=True)
         write_json_atomic(out, {"benchmark": "diversity", "settings": settings, "device": device_info("cpu"),
                                 "runs": runs, **summarise(runs, prompts, args.seeds)})
 

@@ -6,8 +6,8 @@ in fewer steps?
 
 Each prompt is one ``dreamdistill PROMPT --init instant --steps N`` run (the default preset, configs/toy-sds.yaml,
 with its schedules compressed into N steps), made in this process. Per run: R-precision, view consistency,
-nearest-real IoU, wall time; beside it the per-prompt default's figures for the same prompt at its 800 steps,
-read from ``benchmarks/results/text_to_3d.json`` (labelled so: not rerun here) and, with ``--baseline``, the
+nearest-real IoU, normal consistency, wall time; beside it the per-prompt default's figures for the same prompt at its
+800 steps, read from ``benchmarks/results/text_to_3d.json`` (labelled so: not rerun here) and, with ``--baseline``, the
 per-prompt default from a random start at its own steps run here, on this machine (the fair time comparison). Writes
 ``benchmarks/results/instant_init.json``.
 """
@@ -68,12 +68,14 @@ def main() -> int:
             "prompt": prompt, "held_out": is_held_out(prompt), "run_dir": repo_relative(run_dir),
             "init_instant": {"steps": args.steps, "wall_seconds": round(time.perf_counter() - start, 1),
                              "r_precision": metrics["r_precision"], "view_consistency": metrics["view_consistency"],
-                             "nearest_real_iou": shape.get("iou", {}).get("best")},
+                             "nearest_real_iou": shape.get("iou", {}).get("best"),
+                             "normal_consistency": shape.get("surface", {}).get("normal_consistency")},
             "per_prompt_default": default and {
                 "source": repo_relative(PER_PROMPT_RESULTS) + " (read from that file, not rerun)",
                 "steps": default["steps"], "wall_seconds": default["wall_seconds"],
                 "r_precision": default["r_precision"], "view_consistency": default["view_consistency"],
-                "nearest_real_iou": default["nearest_real_iou"]}})
+                "nearest_real_iou": default["nearest_real_iou"],
+                "normal_consistency": default.get("normal_consistency")}})
         if args.baseline:
             base = load_config(LiftConfig, configs_dir() / "toy-sds.yaml", [*args.overrides, f"prompt={prompt}",
                                                                             "device=cpu"])
@@ -85,7 +87,8 @@ def main() -> int:
                 "run_dir": repo_relative(base_dir), "steps": base.steps,
                 "wall_seconds": round(time.perf_counter() - start, 1), "r_precision": base_metrics["r_precision"],
                 "view_consistency": base_metrics["view_consistency"],
-                "nearest_real_iou": (base_metrics.get("shape") or {}).get("iou", {}).get("best")}
+                "nearest_real_iou": (base_metrics.get("shape") or {}).get("iou", {}).get("best"),
+                "normal_consistency": (base_metrics.get("shape") or {}).get("surface", {}).get("normal_consistency")}
         print(json.dumps(runs[-1]), file=sys.stderr)
         write_json_atomic(Path(args.out), {"benchmark": "instant_init", "generator": repo_relative(generator_dir),
                                            "generator_trained_steps": info["trained_steps"],

@@ -6,6 +6,8 @@ For every category (:mod:`dreamdistill.toyworld.shape_fidelity`):
 - ``reference_iou``: n held-out true objects scored against the K references by nearest-real IoU, with
   their exact voxels (``analytic``) and through the mesh pipeline (marching cubes at 128³ → ray-parity
   voxels: ``mesh``, what a perfect generator scores); ``self`` is each mesh's IoU with its own exact voxels;
+  ``normal_consistency`` and ``area_ratio``: each held-out mesh's surface against its nearest reference's mesh
+  (the ``mesh`` IoU argmax; 20,000 area-uniform points on each, both ways), as ``score_mesh`` scores a result;
 - ``leave_one_out``: each of the K references against the other K − 1 (analytic; a larger sample of the
   analytic ceiling);
 - ``real_diversity``: 1 − mean pairwise IoU of n = 3 and n = 8 true objects: the first n references, and
@@ -28,7 +30,7 @@ import numpy as np
 from dreamdistill.fileio import write_json_atomic
 from dreamdistill.machine import device_info
 from dreamdistill.paths import repo_relative
-from dreamdistill.shape import diversity
+from dreamdistill.shape import SURFACE_POINTS, diversity
 from dreamdistill.toyworld.shape_fidelity import (
     MESH_RESOLUTION,
     REFERENCE_SEED,
@@ -81,23 +83,29 @@ def main() -> None:
         leave_one_out = [nearest_real_iou(references[i], category, args.k, exclude=i).best for i in range(args.k)]
         result = reference_iou(category, args.k, args.resolution, args.n)
         categories[category] = {
-            "analytic": result["analytic"], "mesh": result["mesh"], "self": result["self"],
+            **{key: result[key] for key in ("analytic", "mesh", "self", "normal_consistency", "area_ratio")},
             "leave_one_out": {"mean": round(float(np.mean(leave_one_out)), 4),
                               "std": round(float(np.std(leave_one_out)), 4)},
             "real_diversity": {f"n{n}": diversity_of_groups(references, n) for n in (3, 8)},
             "seconds": {**seconds, "category_total": round(time.perf_counter() - began, 1)},
         }
-        print(category, json.dumps({k: categories[category][k] for k in ("analytic", "mesh", "leave_one_out")}),
+        print(category, json.dumps({k: categories[category][k] for k in ("analytic", "mesh", "leave_one_out",
+                                                                         "normal_consistency", "area_ratio")}),
               flush=True)
     payload = {
         "benchmark": "shape_reference",
         "script": "benchmarks/shape_reference.py",
         "settings": {"k": args.k, "resolution": args.resolution, "n_held_out": args.n,
                      "mesh_resolution": MESH_RESOLUTION, "seed": REFERENCE_SEED, "bound": 1.0,
+                     "surface_points": SURFACE_POINTS,
                      "held_out": "objects k..k+n-1 of the reference stream (not among the K references)"},
         "categories": categories,
         "summary": {key: round(float(np.mean([c[key]["mean"] for c in categories.values()])), 4)
-                    for key in ("analytic", "mesh", "self")},
+                    for key in ("analytic", "mesh", "self", "normal_consistency", "area_ratio")},
+        "surface_extremes": {  # over every held-out object of every category
+            "normal_consistency_min": min(c["normal_consistency"]["min"] for c in categories.values()),
+            "area_ratio_min": min(c["area_ratio"]["min"] for c in categories.values()),
+            "area_ratio_max": max(c["area_ratio"]["max"] for c in categories.values())},
         "total_seconds": round(time.perf_counter() - start, 1),
         "info": info,
     }

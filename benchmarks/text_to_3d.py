@@ -6,8 +6,9 @@
 Each (prompt, method) pair is one ``dreamdistill PROMPT --guidance METHOD`` run with the shipped toy preset
 (configs/toy-METHOD.yaml, overrides applied to both). Per run: R-precision (8 orbit renders at elevation 15°
 classified as the prompt's category and colour by the toy evaluator), view consistency (fronted categories:
-predicted view = camera's view label), nearest-real IoU of the exported mesh, mesh health and wall time.
-Per method: means and minima, and which method is better (higher mean nearest-real IoU, then R-precision).
+predicted view = camera's view label), nearest-real IoU of the exported mesh, its normal consistency and
+surface-area ratio against that nearest true object, mesh health and wall time. Per method: means and minima,
+and which method is better (higher mean nearest-real IoU, then R-precision).
 Targets (the shapes issue, for the better method, which the default preset should be): nearest-real IoU
 >= 0.55 for every prompt and >= 0.6 on average, mean R-precision >= 0.9 with none under 0.75, mean view
 consistency >= 0.7, every export one component holding >= 95 % of the surface area.
@@ -78,8 +79,9 @@ def run_one(prompt: str, method: str, args: argparse.Namespace) -> dict:
             "wall_seconds": round(time.perf_counter() - start, 1), "optimisation_seconds": metrics["seconds"],
             "steps": metrics["steps"], "r_precision": metrics["r_precision"],
             "view_consistency": metrics["view_consistency"], "nearest_real_iou": shape.get("iou", {}).get("best"),
-            "components": shape.get("components"), "largest_area_share": shape.get("largest_area_share"),
-            "mesh": metrics["mesh"]}
+            "normal_consistency": shape.get("surface", {}).get("normal_consistency"),
+            "area_ratio": shape.get("surface", {}).get("area_ratio"), "components": shape.get("components"),
+            "largest_area_share": shape.get("largest_area_share"), "mesh": metrics["mesh"]}
 
 
 def summarise(runs: list[dict], methods: list[str]) -> dict:
@@ -90,6 +92,7 @@ def summarise(runs: list[dict], methods: list[str]) -> dict:
         mine = [r for r in runs if r["method"] == method]
         if mine:
             ious = [r["nearest_real_iou"] for r in mine if r.get("nearest_real_iou") is not None]
+            consistencies = [r["normal_consistency"] for r in mine if r.get("normal_consistency") is not None]
             per_method[method] = {
                 "runs": len(mine),
                 "mean_r_precision": mean([r["r_precision"] for r in mine]),
@@ -97,6 +100,9 @@ def summarise(runs: list[dict], methods: list[str]) -> dict:
                 "mean_view_consistency": mean([r["view_consistency"] for r in mine]),
                 "mean_nearest_real_iou": mean(ious),
                 "min_nearest_real_iou": min(ious, default=None),
+                "mean_normal_consistency": mean(consistencies),
+                "min_normal_consistency": min(consistencies, default=None),
+                "mean_area_ratio": mean([r.get("area_ratio") for r in mine]),
                 "one_component_95": sum(1 for r in mine if (r.get("largest_area_share") or 0) >= 0.95),
                 "mean_wall_seconds": mean([r["wall_seconds"] for r in mine]),
                 "max_wall_seconds": max(r["wall_seconds"] for r in mine),
@@ -190,8 +196,9 @@ def write_figure(runs: list[dict], methods: list[str], prompts: list[str], path:
             meshes = mesh_views(Path(run["run_dir"]), frames, FIGURE_TILE)
             if meshes is None:
                 meshes = np.full((frames, FIGURE_TILE, FIGURE_TILE, 3), 255, np.uint8)
-            iou = run.get("nearest_real_iou")
-            label = f"{method.upper()}\n{prompt}" + (f"\nIoU {iou:.2f}" if iou is not None else "")
+            iou, consistency = run.get("nearest_real_iou"), run.get("normal_consistency")
+            label = (f"{method.upper()}\n{prompt}" + (f"\nIoU {iou:.2f}" if iou is not None else "")
+                     + (f"\nNC {consistency:.2f}" if consistency is not None else ""))
             rows.append(np.concatenate([label_tile(label, FIGURE_TILE + 32, FIGURE_TILE)]
                                        + [tile(f) for f in turntable[picks]] + list(meshes), axis=1))
     if rows:
@@ -260,7 +267,8 @@ def main() -> None:
     def record(result: dict) -> None:
         runs.append(result)
         print(f"{result['method']} {result['prompt']!r}: r_precision {result['r_precision']}, view_consistency "
-              f"{result['view_consistency']}, {result['wall_seconds']} s", flush=True)
+              f"{result['view_consistency']}, IoU {result['nearest_real_iou']}, normal consistency "
+              f"{result['normal_consistency']}, {result['wall_seconds']} s", flush=True)
         write_json_atomic(out, {"benchmark": "text_to_3d", "settings": settings,
                                 "prompts": prompts, "device": info, "jobs": args.jobs,
                                 **summarise(runs, methods), "runs": runs})

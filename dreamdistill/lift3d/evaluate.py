@@ -51,7 +51,8 @@ def evaluate(lifter: Lifter, prompt: str) -> dict[str, float | None]:
 
 
 def shape_score(vertices, faces, prompt: str, vocabulary: dict | None) -> dict | None:
-    """Nearest-real IoU (K = 64 true objects of the prompt's category, 48³ voxels, same frame) and mesh health of
+    """Nearest-real IoU (K = 64 true objects of the prompt's category, 48³ voxels, same frame), the surface against
+    that nearest true object (normal consistency, area ratio) and mesh health of
     an exported mesh; None unless the teacher is a toy-world teacher and the prompt names a toy category."""
     from dreamdistill.toyworld.captions import is_in_vocabulary, parse_prompt
     from dreamdistill.toyworld.shape_fidelity import score_mesh

@@ -6,6 +6,10 @@ by the toy generator, in the same frame: no rotation or scale search, so a chair
 on its side scores low. The score is the best IoU over the K (the nearest real object); the mean IoU says
 how typical the shape is.
 
+IoU rewards a lumpy blob of the right size, so the surface is scored too (:func:`nearest_real_surface`):
+normal consistency with the nearest true object's surface (the IoU argmax, as a marching-cubes mesh) and the
+ratio of the surface areas.
+
 The ceiling (:func:`reference_iou`): held-out true objects scored the same way, both analytically (their
 exact voxels) and through the mesh pipeline (true object → marching cubes → voxelise), which is what a
 perfect generator would get. Colour never matters: only the category's random proportions do.
@@ -26,9 +30,11 @@ import numpy as np
 
 from dreamdistill.shape import (
     DEFAULT_RESOLUTION,
+    SURFACE_POINTS,
     diversity,
     ious_against,
     mesh_health,
+    surface_score,
     voxel_centres,
     voxelise_mesh,
 )
@@ -190,16 +196,27 @@ def nearest_real_iou(occupancy: np.ndarray, category: str | int, k: int = REFERE
     return NearestReal(float(ious[best]), float(kept.mean()), best, kept)
 
 
+def nearest_real_surface(vertices: np.ndarray, faces: np.ndarray, category: str | int, index: int,
+                         seed: int = REFERENCE_SEED, mesh_resolution: int = MESH_RESOLUTION,
+                         points: int = SURFACE_POINTS) -> dict:
+    """:func:`dreamdistill.shape.surface_score` of a mesh against true object ``index`` of ``category`` (the
+    IoU argmax) as :func:`object_mesh`: normal consistency and area ratio (this mesh / the true one), 4 places."""
+    truth = object_mesh(true_object(category, index, seed), mesh_resolution)
+    return {key: round(value, 4) for key, value in surface_score(vertices, faces, *truth, points).items()}
+
+
 def score_mesh(vertices: np.ndarray, faces: np.ndarray, category: str | int, k: int = REFERENCE_COUNT,
                resolution: int = DEFAULT_RESOLUTION, seed: int = REFERENCE_SEED,
-               cache_dir: Path | str | None = None) -> dict:
-    """Shape score of a mesh for a prompt's category: nearest-real IoU (best, mean, argmax), the occupied
-    share of the box, and the mesh's health (components, largest area share, watertight)."""
+               cache_dir: Path | str | None = None, points: int = SURFACE_POINTS) -> dict:
+    """Shape score of a mesh for a prompt's category: nearest-real IoU (best, mean, argmax), the surface
+    against that nearest true object (:func:`nearest_real_surface`: normal consistency, area ratio), the
+    occupied share of the box, and the mesh's health (components, largest area share, watertight)."""
     occupancy = voxelise_mesh(vertices, faces, resolution)
     nearest = nearest_real_iou(occupancy, category, k, seed, cache_dir)
     return {"category": CATEGORIES[category_index(category)], "k": k, "resolution": resolution,
-            "iou": nearest.as_dict(), "occupied": round(float(occupancy.mean()), 5),
-            **mesh_health(vertices, faces)}
+            "iou": nearest.as_dict(),
+            "surface": nearest_real_surface(vertices, faces, category, nearest.argmax, seed, points=points),
+            "occupied": round(float(occupancy.mean()), 5), **mesh_health(vertices, faces)}
 
 
 # ---- the ceiling and real diversity ---------------------------------------------------------------------
@@ -207,27 +224,33 @@ def score_mesh(vertices: np.ndarray, faces: np.ndarray, category: str | int, k: 
 
 def reference_iou(category: str | int, k: int = REFERENCE_COUNT, resolution: int = DEFAULT_RESOLUTION,
                   n: int = 16, seed: int = REFERENCE_SEED, mesh_resolution: int = MESH_RESOLUTION,
-                  cache_dir: Path | str | None = None) -> dict:
+                  cache_dir: Path | str | None = None, points: int = SURFACE_POINTS) -> dict:
     """The ceiling of the shape score: ``n`` held-out true objects (indices k..k+n-1 of the same stream, so
     none is among the K references) scored by :func:`nearest_real_iou` against the K references.
 
     - ``analytic``: their exact voxels;
     - ``mesh``: true object → :func:`object_mesh` → :func:`voxelise_mesh`, the pipeline a generated mesh goes
       through (what a perfect generator would score);
-    - ``self``: IoU of each object's mesh voxels with its own exact voxels (what the mesh pipeline loses).
+    - ``self``: IoU of each object's mesh voxels with its own exact voxels (what the mesh pipeline loses);
+    - ``normal_consistency`` and ``area_ratio``: each object's mesh against the mesh of its nearest reference
+      (the ``mesh`` IoU argmax) by :func:`nearest_real_surface`, as :func:`score_mesh` scores a result.
     Each as mean, min and max over the n objects."""
     from dreamdistill.shape import iou
 
     index = category_index(category)
-    analytic, via_mesh, itself = [], [], []
+    analytic, via_mesh, itself, consistency, area_ratio = [], [], [], [], []
     for j in range(n):
         obj = true_object(index, k + j, seed)
         exact = object_occupancy(obj, resolution)
         vertices, faces = object_mesh(obj, mesh_resolution)
         meshed = voxelise_mesh(vertices, faces, resolution)
         analytic.append(nearest_real_iou(exact, index, k, seed, cache_dir).best)
-        via_mesh.append(nearest_real_iou(meshed, index, k, seed, cache_dir).best)
+        nearest = nearest_real_iou(meshed, index, k, seed, cache_dir)
+        via_mesh.append(nearest.best)
         itself.append(iou(meshed, exact))
+        surface = nearest_real_surface(vertices, faces, index, nearest.argmax, seed, mesh_resolution, points)
+        consistency.append(surface["normal_consistency"])
+        area_ratio.append(surface["area_ratio"])
 
     def summary(values: list[float]) -> dict:
         return {"mean": round(float(np.mean(values)), 4), "min": round(float(np.min(values)), 4),
@@ -235,7 +258,7 @@ def reference_iou(category: str | int, k: int = REFERENCE_COUNT, resolution: int
 
     return {"category": CATEGORIES[index], "k": k, "resolution": resolution, "n": n,
             "mesh_resolution": mesh_resolution, "analytic": summary(analytic), "mesh": summary(via_mesh),
-            "self": summary(itself)}
+            "self": summary(itself), "normal_consistency": summary(consistency), "area_ratio": summary(area_ratio)}
 
 
 def real_diversity(category: str | int, n: int = 8, resolution: int = DEFAULT_RESOLUTION,
