@@ -167,6 +167,8 @@ def test_trained_folder_loads_in_plain_diffusers_and_agrees_with_our_sampler(tmp
                   output_type="pt", height=64, width=64).images
     teacher = Teacher.from_pretrained(folder, device="cpu", dtype=torch.float32)
     assert teacher.info.vocabulary["categories"][0] == "chair" and teacher.image_size == 64
+    assert teacher.vocabulary_warning("a small green table, side view") is None  # "small": a trained filler
+    assert "unknown: dragon" in teacher.vocabulary_warning("a small dragon")
     ours = teacher.sample([prompt], steps=4, guidance_scale=3.0, seed=3)
     torch.testing.assert_close(ours, theirs.float(), atol=2e-3, rtol=0)
     assert _train(tmp_path) == 0  # a rerun of the finished recipe only exports again

@@ -569,12 +569,23 @@ def export_pipeline(config: SDTeacherTrainConfig, folder: Path | None = None) ->
                    "vae": ["diffusers", "AutoencoderKL"]}
     (staging / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
     write_json_atomic(staging / LATENT_NOTES_NAME, {
-        "vocabulary": toy_vocabulary(), "default_steps": 64, "default_cfg": 5.0, "trained_steps": steps,
+        "vocabulary": {**toy_vocabulary(), "other_words": training_words()}, "default_steps": 64, "default_cfg": 5.0,
+        "trained_steps": steps,
         "recipe": asdict(config)})
     if folder.exists():
         shutil.rmtree(folder)
     staging.rename(folder)
     return folder
+
+
+def training_words() -> list[str]:
+    """The words of the paraphrases toy-sd trained on beside the colour, category and view words (a prompt made
+    of known words draws no vocabulary warning)."""
+    from dreamdistill.toyworld.sd_text import corpus_words
+    from dreamdistill.toyworld.world import CATEGORIES, COLOURS, VIEWS
+
+    named = set(CATEGORIES) | set(COLOURS) | set(VIEWS)
+    return sorted(word for word in corpus_words() if word.isalpha() and word not in named)
 
 
 def _diffusers_version() -> str:
