@@ -1,5 +1,5 @@
 """Command line: ``dreamdistill PROMPT`` (text-to-3D; ``--instant`` from the instant generator) and the subcommands
-``sample``, ``train-teacher``, ``train-instant``, ``distill``, ``export``, ``eval`` and ``report``.
+``sample``, ``train-teacher``, ``train-instant``, ``distill``, ``batch``, ``export``, ``eval``, ``report`` and ``app``.
 
 User errors (argparse's included) print one line (``error: ...``) and exit with status 2; no tracebacks.
 Every setting is checked before any model is loaded or any file written. Ctrl-C / SIGTERM during a
@@ -19,7 +19,7 @@ from typing import Annotated
 from dreamdistill.config import Device, Range, Seed, check_output_path, validate
 from dreamdistill.errors import DreamDistillError, Interrupted
 
-SUBCOMMANDS = ("sample", "train-teacher", "train-instant", "distill", "export", "eval", "report")
+SUBCOMMANDS = ("sample", "train-teacher", "train-instant", "distill", "batch", "export", "eval", "report", "app")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -302,6 +302,40 @@ def run_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- batch
+def batch_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="dreamdistill batch",
+        description="One text-to-3D run per line of PROMPTS.txt (blank and # lines skipped), each in "
+        "OUT/NNN-<prompt>/ (NNN: the line number), with the settings of a single run; then OUT/summary.json and "
+        "OUT/index.html. Rerunning the same command skips finished prompts and resumes interrupted ones. Several "
+        "processes split the prompts (one GPU each): `accelerate launch --multi_gpu --num_processes N -m "
+        "dreamdistill.cli batch ...`, several machines through an accelerate config.",
+    )
+    parser.add_argument("prompts", metavar="PROMPTS.txt", help="text file, one prompt per line")
+    parser.add_argument("--out", required=True, help="folder of the run folders, summary.json and index.html")
+    parser.add_argument("--guidance", choices=("sds", "vsd"), default=None, help="score distillation variant")
+    parser.add_argument("--teacher", default=None,
+                        help="toy (embedded), a folder, or a cached hub id (default: the preset's, else toy)")
+    parser.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--config", default=None, help="a preset, e.g. configs/toy-sds.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (repeatable)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's)")
+    _device_argument(parser)
+    return parser
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    from dreamdistill.lift3d.batch import batch
+
+    if args.threads is not None and args.threads < 1:
+        raise DreamDistillError(f"--threads {args.threads}: pass 1 or more")
+    _check_writable(Path(args.out))
+    return batch(args)
+
+
 # --------------------------------------------------------------------------- export
 def export_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="dreamdistill export",
@@ -382,6 +416,31 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ app
+def app_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="dreamdistill app",
+        description="A local web page (Gradio) for text-to-3D: prompt, teacher, method, steps, seed, instant; live "
+        "step, loss and validation strip; the mesh in a 3D view, downloads and the report. Each run is an ordinary "
+        "run folder under --out (`dreamdistill --resume RUN_DIR` continues it); one run at a time. Needs "
+        '`pip install "dreamdistill[app]"`.',
+    )
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--out", default="runs", help="parent folder of the run folders (default: runs)")
+    return parser
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from dreamdistill.app import serve
+
+    if not 1 <= args.port <= 65535:
+        raise DreamDistillError(f"--port {args.port}: choose a port between 1 and 65535")
+    serve(args.out, args.host, args.port)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -393,12 +452,16 @@ def main(argv: list[str] | None = None) -> int:
             return run_train_instant(train_instant_parser().parse_args(argv[1:]))
         if argv and argv[0] == "distill":
             return run_distill(distill_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "batch":
+            return run_batch(batch_parser().parse_args(argv[1:]))
         if argv and argv[0] == "export":
             return run_export(export_parser().parse_args(argv[1:]))
         if argv and argv[0] == "eval":
             return run_eval(eval_parser().parse_args(argv[1:]))
         if argv and argv[0] == "report":
             return run_report(report_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "app":
+            return run_app(app_parser().parse_args(argv[1:]))
         if argv and _typo_of_subcommand(argv[0]):
             raise DreamDistillError(f"unknown command {argv[0]!r}: did you mean `{_typo_of_subcommand(argv[0])}`? "
                                     f"(to make a one-word prompt, put it after --: dreamdistill -- {argv[0]})")

@@ -22,10 +22,17 @@ import numpy as np
 
 from dreamdistill.errors import DreamDistillError
 from dreamdistill.fileio import read_jsonl, write_text_atomic
-from dreamdistill.lift3d.run import CONFIG_NAME, LOG_NAME, METRICS_NAME
+from dreamdistill.run_files import (
+    CONFIG_NAME,
+    LOG_NAME,
+    MESH_NAME,
+    METRICS_NAME,
+    REPORT_NAME,
+    TURNTABLE_NAME,
+    VALIDATION_FOLDER,
+    VALIDATION_PATTERN,
+)
 
-REPORT_NAME = "report.html"
-MESH_NAME, TURNTABLE_NAME, VALIDATION_FOLDER = "mesh.ply", "turntable.gif", "validation"
 MAX_FACES = 100_000
 """Meshes with more faces are decimated (vertex clustering) for the page; the page says so."""
 MESH_VIEW_ID = "mesh-view"
@@ -85,7 +92,7 @@ def read_run(run_dir: str | Path) -> RunContents:
                                 '`dreamdistill "a prompt"`')
     config_text = (run_dir / CONFIG_NAME).read_text()
     metrics_path = run_dir / METRICS_NAME
-    strips = sorted((run_dir / VALIDATION_FOLDER).glob("step-*.png"))
+    strips = sorted((run_dir / VALIDATION_FOLDER).glob(VALIDATION_PATTERN))
     return RunContents(
         name=run_dir.resolve().name,
         config_text=config_text,

@@ -1,21 +1,25 @@
-"""Open a page in headless Chromium and talk to it over the DevTools protocol (for the report's browser test).
+"""Open a page in headless Chromium and talk to it over the DevTools protocol (the report's and the app's browser
+tests).
 
 Chromium (Debian's ``chromium`` package) starts with ``--remote-debugging-port=0``, writes the port it chose into
 ``DevToolsActivePort`` in its profile folder, and lists its page at ``/json/list``; one websocket (the
 ``websockets`` package's sync client) then drives the page: navigate, wait until an element says it is drawn,
 read an element's box, take a screenshot, and collect every console error, uncaught exception and request that
-leaves the machine.
+leaves the machine. :func:`chromium_page` hands over that connection itself, to drive a page step by step
+(the app's test types, clicks and waits).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,10 +124,13 @@ def _describe(events: list[dict]) -> tuple[list[str], list[str], list[str]]:
     return errors, remote, console
 
 
+def page_events(tools: DevTools) -> tuple[list[str], list[str], list[str]]:
+    """(errors, remote requests, every console line) seen on a :func:`chromium_page` so far."""
+    return _describe(tools.events)
+
+
 def _look(tools: DevTools, url: str, element_id: str, deadline: float) -> PageVisit:
     """Navigate, wait until the element is drawn, then read its box, the screenshot and the events."""
-    for domain in ("Runtime", "Log", "Network", "Page"):
-        tools.call(f"{domain}.enable")
     tools.call("Page.navigate", url=url)
     tools.wait_for_event("Page.loadEventFired", deadline)
     check = f'document.getElementById("{element_id}")?.dataset.rendered === "true"'
@@ -141,10 +148,11 @@ def _look(tools: DevTools, url: str, element_id: str, deadline: float) -> PageVi
                      remote, console)
 
 
-def visit(url: str, element_id: str, width: int = 1280, height: int = 1400, timeout: float = 60.0,
-          chromium: str | None = None, flags: tuple[str, ...] = ()) -> PageVisit:
-    """Load ``url`` in headless Chromium, wait until the element ``element_id`` has ``data-rendered="true"`` (or
-    the timeout), then two more animation frames, and take a screenshot of the window."""
+@contextlib.contextmanager
+def chromium_page(width: int = 1280, height: int = 1400, timeout: float = 60.0, chromium: str | None = None,
+                  flags: tuple[str, ...] = ()) -> Iterator[DevTools]:
+    """Headless Chromium with one blank page, driven over DevTools (Runtime, Log, Network and Page enabled);
+    the browser is closed on exit."""
     from websockets.sync.client import connect
 
     chromium = chromium or find_chromium()
@@ -163,7 +171,10 @@ def visit(url: str, element_id: str, width: int = 1280, height: int = 1400, time
             try:
                 socket_url = _page_socket_url(profile, process, deadline)
                 with connect(socket_url, max_size=None, open_timeout=timeout) as socket:
-                    return _look(DevTools(socket, timeout), url, element_id, deadline)
+                    tools = DevTools(socket, timeout)
+                    for domain in ("Runtime", "Log", "Network", "Page"):
+                        tools.call(f"{domain}.enable")
+                    yield tools
             finally:
                 process.terminate()
                 try:
@@ -171,3 +182,12 @@ def visit(url: str, element_id: str, width: int = 1280, height: int = 1400, time
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+def visit(url: str, element_id: str, width: int = 1280, height: int = 1400, timeout: float = 60.0,
+          chromium: str | None = None, flags: tuple[str, ...] = ()) -> PageVisit:
+    """Load ``url`` in headless Chromium, wait until the element ``element_id`` has ``data-rendered="true"`` (or
+    the timeout), then two more animation frames, and take a screenshot of the window."""
+    deadline = time.monotonic() + timeout
+    with chromium_page(width, height, timeout, chromium, flags) as tools:
+        return _look(tools, url, element_id, deadline)

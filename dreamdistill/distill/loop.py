@@ -6,18 +6,23 @@ and checkpoints them atomically to ``WORK_DIR/PHASE.pt`` every ``checkpoint_ever
 Rerunning the same command skips finished phases and resumes the current one. With ``ema_halflife`` > 0 a
 phase also keeps an exponential moving average of its student's weights (the module it names as
 ``average``), checkpoints it with the rest and returns it in the student's place. Each step draws
-its randomness from its own generator, seeded by (seed, phase, step, process), so a resumed run
+its randomness from its own generator, seeded by (seed, phase, step), so a resumed run
 repeats the uninterrupted one exactly.
 
-The same code runs on one CPU, one GPU, or many GPUs under ``accelerate launch``: modules and
-optimisers go through ``Accelerator.prepare`` (gradients are averaged across processes),
-``batch_size`` is per process, and only the main process writes files.
+The same code runs on one CPU, one GPU, or W processes under ``accelerate launch --multi_gpu`` / ``torchrun``
+(GPUs, or CPUs over gloo): modules and optimisers go through ``Accelerator.prepare`` (DDP averages the
+gradients), ``batch_size`` is per process, and only the main process writes files and shows progress bars.
+Data are sharded by rows of the global batch: every process draws the step's random numbers for all
+W × ``batch_size`` samples from the same stream and keeps its own ``batch_size`` rows (:class:`StepContext`),
+so each sample of the global batch is drawn by exactly one process and W processes train what one process
+with a W times larger batch trains (tests/test_distributed.py checks both to float tolerance).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 import zlib
 from collections.abc import Callable
@@ -40,7 +45,7 @@ class LoopConfig:
     steps: Annotated[int, Range(1, 10**8)] = 2000
     """Optimiser steps per phase (each PD round, guided stage 1, the whole KD or DMD run)."""
     batch_size: Annotated[int, Range(1, 65536)] = 64
-    """Samples per step and per process."""
+    """Samples per step and per process (W processes train on a global batch of W × batch_size)."""
     learning_rate: Annotated[float, Range(0, 1, open_low=True)] = 1e-4
     """AdamW learning rate (no weight decay)."""
     warmup_steps: Annotated[int, Range(0, None)] = 100
@@ -88,9 +93,23 @@ def update_average(average: nn.Module, module: nn.Module, decay: float) -> None:
         mean.copy_(value)
 
 
-def step_seed(seed: int, phase: str, step: int, process: int) -> int:
-    """A stable seed for one (phase, step, process); independent of Python's hash randomisation."""
+def step_seed(seed: int, phase: str, step: int, process: int = 0) -> int:
+    """A stable seed for one (phase, step, process); independent of Python's hash randomisation. The loop uses
+    process 0 on every process (one stream for the global batch, see :class:`StepContext`)."""
     return zlib.crc32(f"{seed}/{phase}/{step}/{process}".encode())
+
+
+def accelerate_on_cpu(device: str) -> bool:
+    """Whether to give accelerate ``cpu=True``: asked for (``device: cpu``), or several processes were launched on a
+    machine without CUDA. accelerate joins CPU processes into one gloo group only with ``cpu=True``; without it,
+    ``torchrun`` / ``accelerate launch --multi_gpu`` processes on a CPU machine would each train alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return device == "cpu" or (world > 1 and not torch.cuda.is_available())
+
+
+def shard_rows(rows: int, rank: int, world: int) -> slice:
+    """This process's rows of a global batch of ``world`` × ``rows`` samples: [rank·rows, (rank + 1)·rows)."""
+    return slice(rank * rows, (rank + 1) * rows)
 
 
 @dataclass
@@ -108,18 +127,28 @@ class StepContext:
     grad_clip: float = 0.0
     average: nn.Module | None = None
     """The EMA of the phase's student before this step (None without ``ema_halflife``)."""
+    rank: int = 0
+    """This process's index among the ``world`` processes."""
+    world: int = 1
+    """Number of processes; the global batch is ``world`` × the per-process batch."""
 
+    # Every draw is per sample: its first dimension is this process's batch B. The step's generator (the same
+    # stream on every process) draws world × B rows and this process keeps rows [rank·B, (rank + 1)·B), so the
+    # processes share out one global batch, each sample drawn by exactly one process.
     def randn(self, *shape: int) -> torch.Tensor:
-        """Standard normal noise on the training device."""
-        return torch.randn(shape, generator=self.generator).to(self.device)
+        """Standard normal noise [B, ...] on the training device (this process's rows)."""
+        full = torch.randn((self.world * shape[0], *shape[1:]), generator=self.generator)
+        return full[shard_rows(shape[0], self.rank, self.world)].to(self.device)
 
     def rand(self, *shape: int) -> torch.Tensor:
-        """Uniform [0, 1) numbers on the training device."""
-        return torch.rand(shape, generator=self.generator).to(self.device)
+        """Uniform [0, 1) numbers [B, ...] on the training device (this process's rows)."""
+        full = torch.rand((self.world * shape[0], *shape[1:]), generator=self.generator)
+        return full[shard_rows(shape[0], self.rank, self.world)].to(self.device)
 
     def randint(self, high: int, size: int) -> torch.Tensor:
-        """Integers in [0, high) on the CPU (indices into CPU data and timestep tables)."""
-        return torch.randint(high, (size,), generator=self.generator)
+        """Integers in [0, high) [size] on the CPU (indices into CPU data and timestep tables; this process's rows)."""
+        full = torch.randint(high, (self.world * size,), generator=self.generator)
+        return full[shard_rows(size, self.rank, self.world)]
 
     def update(self, name: str, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` and take one optimiser step of module ``name``."""
@@ -146,7 +175,7 @@ class Run:
             torch.set_num_threads(config.threads)
         self.config = config
         self.work_dir = Path(work_dir)
-        self.accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision=config.mixed_precision)
+        self.accelerator = Accelerator(cpu=accelerate_on_cpu(config.device), mixed_precision=config.mixed_precision)
         torch.manual_seed(config.seed)
         self.steps_trained: dict[str, int] = {}
         """Optimiser steps each phase of this run actually trained (fewer than ``steps`` after a time limit)."""
@@ -172,6 +201,13 @@ class Run:
             flag = torch.tensor(float(over), device=self.device)
             over = bool(self.accelerator.reduce(flag, reduction="max").item())
         return over
+
+    def mean_losses(self, losses: dict[str, float]) -> dict[str, float]:
+        """Each loss averaged over the processes (every process must call this at the same step)."""
+        if self.accelerator.num_processes == 1 or not losses:
+            return losses
+        values = torch.tensor([float(v) for v in losses.values()], dtype=torch.float32, device=self.device)
+        return dict(zip(losses, self.accelerator.reduce(values, reduction="mean").tolist()))
 
     def log(self, record: dict) -> None:
         if self.is_main:
@@ -257,17 +293,18 @@ class Run:
                     group["lr"] = rates[key] * warmup_factor(step, config.warmup_steps)
             for model in models.values():
                 model.train()
-            generator = torch.Generator().manual_seed(step_seed(config.seed, name, step, accelerator.process_index))
+            generator = torch.Generator().manual_seed(step_seed(config.seed, name, step))  # one stream, all ranks
             context = StepContext(step, generator, models, self.device, accelerator, prepared_optimizers,
-                                  config.grad_clip, ema)
+                                  config.grad_clip, ema, accelerator.process_index, accelerator.num_processes)
             with accelerator.autocast():
                 losses = step_fn(context)
             if ema is not None:
                 update_average(ema, accelerator.unwrap_model(models[average]), ema_decay(config.ema_halflife))
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
-            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-                self.log({"phase": name, "step": step + 1, "elapsed_s": round(time.time() - started, 1), **losses})
+            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:  # losses of the global batch
+                self.log({"phase": name, "step": step + 1, "elapsed_s": round(time.time() - started, 1),
+                          **self.mean_losses(losses)})
             if self.out_of_time(started) and step + 1 < config.steps:
                 reached = step + 1
                 if self.is_main:

@@ -36,7 +36,7 @@ from dreamdistill.diffusion.schedule import add_noise
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.fake_score import FakeKind, draw_timesteps, fake_score, prompt_drawer, update_fake
 from dreamdistill.distill.loop import Run, StepContext
-from dreamdistill.distill.student import TrainedStudent, check_one_step_teacher, generate, trainable_copy
+from dreamdistill.distill.student import TrainedStudent, check_one_step_teacher, generate, trainable_copy, unwrap
 
 if TYPE_CHECKING:
     from dreamdistill.distill import DistillConfig
@@ -113,9 +113,11 @@ def _sid_step(teacher: Teacher, prompts: list[str], timestep: int, config: Disti
         t = draw_timesteps(ctx, sid.t_range, num_train, batch_size)
         alpha, sigma = teacher.schedule.alpha_sigma(t)
         x_t = add_noise(x0=x, eps=ctx.randn(batch_size, *shape), alpha=alpha, sigma=sigma)
-        with frozen(fake):  # the generator's loss flows through f_ψ's input, never into ψ
+        # The generator's loss flows through f_ψ's input, never into ψ. f_ψ is called unwrapped: under DDP a
+        # wrapped forward that gets no gradient would leave its gradient reduction waiting forever.
+        with frozen(fake):
             x0_real = real(x_t, t, text, config.cfg).x0
-            x0_fake = teacher.denoiser(fake, "cfg")(x_t, t, text, fake_cfg).x0
+            x0_fake = teacher.denoiser(unwrap(fake), "cfg")(x_t, t, text, fake_cfg).x0
         loss = sid_generator_loss(x=x, x0_real=x0_real, x0_fake=x0_fake, alpha=sid.alpha)
         ctx.update("generator", loss)
         gap = (x0_real - x0_fake).detach().abs().mean()

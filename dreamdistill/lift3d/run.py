@@ -52,15 +52,20 @@ from dreamdistill.lift3d.fast_path import LOG_EVERY
 from dreamdistill.lift3d.lifter import Lifter
 from dreamdistill.lift3d.scene import load_scene, marching_step, render_orbit, to_uint8
 from dreamdistill.render.cameras import Cameras, orbit_cameras
+from dreamdistill.report import write_report
+from dreamdistill.run_files import (  # the folder's file names; instant/infer.py and lift3d/ import them from here
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    DEFAULT_OUT,
+    EVAL_NAME,
+    LOG_NAME,
+    MESH_NAME,
+    METRICS_NAME,
+    TURNTABLE_NAME,
+    VALIDATION_FOLDER,
+    validation_name,
+)
 from dreamdistill.texture import check_texture_size
-
-CONFIG_NAME, CHECKPOINT_NAME, METRICS_NAME = "config.yaml", "checkpoint.pt", "metrics.json"
-DEFAULT_OUT = "runs"
-"""Parent folder of new run folders (``--out``)."""
-EVAL_NAME = "eval.json"
-LOG_NAME = "log.jsonl"
-"""One JSON line per step: step, loss, grad_norm, opacity, t, residual_rms, regularisers, critic_loss (VSD)."""
-
 
 # ---- the run folder -----------------------------------------------------------------------------------
 
@@ -186,19 +191,17 @@ def save_validation(lifter: Lifter, run_dir: Path, step: int) -> Path:
     """Four orbit renders side by side: validation/step-NNNNNN.png."""
     images = lifter.render_views(orbit_cameras(4, elevation=ORBIT_ELEVATION), lifter.config.view_resolution)
     strip = np.concatenate(list(to_uint8(images)), axis=1)
-    return save_image_atomic(run_dir / "validation" / f"step-{step:06d}.png", strip)
+    return save_image_atomic(run_dir / VALIDATION_FOLDER / validation_name(step), strip)
 
 
 def finish(lifter: Lifter, run_dir: Path, steps: int, seconds: float, extra_metrics: dict | None = None) -> dict:
     """Turntable, meshes (an empty scene gives a warning and no mesh), metrics.json and report.html after the last
     step. ``extra_metrics`` are added to (and override) metrics.json's entries, e.g. ``method: instant``."""
-    from dreamdistill.report import write_report  # imported here: the report reads this module's file names
-
     config = lifter.config
     save_validation(lifter, run_dir, steps)
     cameras = orbit_cameras(config.turntable_frames, elevation=ORBIT_ELEVATION)
     written = write_turntable(to_uint8(lifter.render_views(cameras, config.turntable_resolution)),
-                              run_dir / "turntable.gif")
+                              run_dir / TURNTABLE_NAME)
     shape = None
     try:
         mesh_files, mesh = export_meshes(lifter.field, config.export, run_dir, lifter.device, lifter.step_size)
@@ -400,10 +403,10 @@ def eval_run(run_dir: str | Path, views: int | None = None, resolution: int | No
     vocabulary = teacher_vocabulary(config.teacher)
     metrics = score_orbit(render_views, views, config.prompt, vocabulary, explain=True)
     shape = None
-    if (run_dir / "mesh.ply").is_file():
+    if (run_dir / MESH_NAME).is_file():
         import trimesh
 
-        mesh = trimesh.load(run_dir / "mesh.ply", process=False)
+        mesh = trimesh.load(run_dir / MESH_NAME, process=False)
         shape = shape_score(np.asarray(mesh.vertices), np.asarray(mesh.faces), config.prompt, vocabulary)
     result = {**metrics, "shape": shape, "views": views, "resolution": resolution, "step": int(checkpoint["step"]),
               "prompt": config.prompt}
