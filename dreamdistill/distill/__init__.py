@@ -1,8 +1,12 @@
 """Distill the 2D teacher into a fast sampler: KD, progressive (PD), guided, DMD and SiD distillation.
 
 ``dreamdistill distill {kd,pd,guided,dmd,sid} --teacher NAME_OR_PATH --out DIR`` (or :func:`distill`)
-trains a student and saves it as a pixel-format teacher folder, so ``Teacher.from_pretrained(DIR)``
-loads it and ``dreamdistill sample PROMPT --model DIR`` samples from it with its own steps.
+trains a student and saves it as a teacher folder, so ``Teacher.from_pretrained(DIR)`` loads it and
+``dreamdistill sample PROMPT --model DIR`` samples from it with its own steps: a pixel-format folder for a
+pixel teacher; for a latent (Stable-Diffusion) teacher a diffusers pipeline folder that
+``StableDiffusionPipeline.from_pretrained(DIR)`` samples the same, or with ``student.lora_rank`` > 0 a LoRA
+folder for ``pipe.load_lora_weights(DIR)``. Students of a latent teacher work in its latent space; its VAE and
+text encoder stay frozen and shared.
 
     kd.py           one-step student regressed onto cached teacher DDIM rollouts
     progressive.py  PD: closed-form two-step target, rounds halving the steps
@@ -11,7 +15,7 @@ loads it and ``dreamdistill sample PROMPT --model DIR`` samples from it with its
     sid.py          one-step generator + fake denoiser, loss through both denoisers (score identity)
     loop.py         the shared accelerate loop: phases, checkpoint/resume, progress bars
     data.py         prompts, toy-world renders, cached teacher rollouts
-    student.py      calling UNets (CFG / embedded w / plain) and saving students
+    student.py      the student network (full copy or LoRA), calling it, and saving students
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from dreamdistill.distill.guided import GuidedConfig
 from dreamdistill.distill.loop import LoopConfig, Run
 from dreamdistill.distill.progressive import PDConfig, pd_rounds
 from dreamdistill.distill.sid import SiDConfig
+from dreamdistill.distill.student import StudentConfig
 from dreamdistill.errors import DreamDistillError
 from dreamdistill.paths import configs_dir
 
 Method = Literal["kd", "pd", "guided", "dmd", "sid"]
 METHODS: tuple[str, ...] = ("kd", "pd", "guided", "dmd", "sid")
+LORA_METHODS: tuple[str, ...] = ("pd", "guided", "dmd")
+"""Methods whose student may be a LoRA adapter (``student.lora_rank`` > 0)."""
 
 
 @dataclass
@@ -44,9 +51,10 @@ class DistillConfig:
     """kd: one-step regression on teacher rollouts; pd: progressive distillation; guided: w-conditioned
     student then PD; dmd: one-step distribution matching; sid: one-step score identity distillation."""
     teacher: str = "toy"
-    """Teacher to distill: toy (embedded), a pixel-format folder (a student works too), or a cached hub id."""
+    """Teacher to distill: toy (embedded), toy-sd, a pixel-format or Stable-Diffusion folder (a student works too),
+    or a cached hub id."""
     out: Annotated[str, OutputPath()] = "students/pd"
-    """Student folder to write (a teacher-format folder)."""
+    """Student folder to write (a teacher-format folder: pixel, diffusers pipeline, or LoRA)."""
     work_dir: Annotated[str | None, OutputPath()] = None
     """Checkpoints, cached data and the log (None: OUT-work next to the student)."""
     cfg: Annotated[float | None, Range(0, 100)] = None
@@ -54,6 +62,7 @@ class DistillConfig:
     prompts: Annotated[str | None, InputFile()] = None
     """Text file of training prompts, one per line (None: every caption of the toy teacher's vocabulary)."""
     data: DataConfig = field(default_factory=DataConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     pd: PDConfig = field(default_factory=PDConfig)
     guided: GuidedConfig = field(default_factory=GuidedConfig)
@@ -83,6 +92,9 @@ def validate(config: DistillConfig) -> None:
         low, high = getattr(config, name).t_range
         if config.method == name and low == high:
             raise DreamDistillError(f"{name}.t_range={[low, high]} is empty: give [low, high] with low < high")
+    if config.student.lora_rank and config.method not in LORA_METHODS:
+        raise DreamDistillError(f"student.lora_rank={config.student.lora_rank}: a LoRA student is available for "
+                                f"{', '.join(LORA_METHODS)}, not {config.method}; set student.lora_rank=0")
 
 
 def _comparable(config: DistillConfig) -> dict:
@@ -153,7 +165,7 @@ def distill(config: DistillConfig, teacher=None) -> Path:
     import torch
 
     from dreamdistill.diffusion.teacher import Teacher, resolve_teacher_path
-    from dreamdistill.distill.student import check_output_folder, save_student
+    from dreamdistill.distill.student import check_output_folder, check_pipeline_steps, save_student
 
     validate(config)
     teacher_path = teacher.info.path if teacher is not None else resolve_teacher_path(config.teacher)
@@ -167,9 +179,10 @@ def distill(config: DistillConfig, teacher=None) -> Path:
     if teacher.dtype != torch.float32:
         raise DreamDistillError(f"the teacher is loaded in {teacher.dtype}; distillation needs it in float32 "
                                 "(Teacher.from_pretrained(..., dtype=torch.float32)); loop.mixed_precision gives speed")
-    if teacher.info.format != "pixel":
-        raise DreamDistillError(f"{teacher.info.path} is a latent (Stable-Diffusion) teacher; distill needs a "
-                                "pixel-format teacher, since students are saved as pixel-format folders")
+    check_pipeline_steps(teacher, config.pd.student_steps if config.method in ("pd", "guided") else 1)
+    if teacher.info.format == "latent" and config.method == "guided" and config.guided.embedding_dim < 4:
+        raise DreamDistillError(f"guided.embedding_dim={config.guided.embedding_dim}: a latent teacher's guided "
+                                "student embeds w as diffusers does, which needs at least 4 features")
     if teacher.info.guidance_embedding:
         raise DreamDistillError(f"{teacher.info.path} is a guidance-distilled student; distill the original teacher "
                                 "instead (guided distillation already ends with progressive distillation)")

@@ -1,7 +1,8 @@
 """What students train on: prompts, toy-world renders, and cached teacher rollouts (noise → teacher DDIM sample).
 
 Both data sets are computed once by the main process, cached in the run's work folder and
-reloaded on resume. Images are kept in the teacher's model space (x = 2·image − 1).
+reloaded on resume. Images are kept in the teacher's model space: x = 2·image − 1 for a pixel teacher,
+scaled VAE latents for a latent one (teacher rollouts stay the sampled latents, never decoded and re-encoded).
 """
 
 from __future__ import annotations
@@ -90,9 +91,11 @@ def teacher_rollouts(run: Run, teacher: Teacher, prompts: list[str], cfg: float,
         for start in tqdm(range(0, config.size, config.generate_batch), desc=f"teacher rollouts ({config.rollout_steps}"
                           f" DDIM steps, cfg {cfg:g})", unit="batch", dynamic_ncols=True):
             stop = start + config.generate_batch
-            images = teacher.sample(chosen[start:stop], steps=config.rollout_steps, guidance_scale=cfg,
-                                    noise=noise[start:stop])
-            samples.append(teacher.images_to_model(images).float().cpu())
+            x0 = teacher.sample_x0(chosen[start:stop], steps=config.rollout_steps, guidance_scale=cfg,
+                                   noise=noise[start:stop])
+            if teacher.info.format == "pixel":  # a pixel rollout is kept as the image it decodes to (clamped)
+                x0 = teacher.images_to_model(teacher.model_to_images(x0))
+            samples.append(x0.float().cpu())
         torch_save_atomic(path, {"noise": noise, "x0": torch.cat(samples), "prompts": chosen})
     run.wait()
     data = torch.load(path, map_location="cpu", weights_only=False)
@@ -109,7 +112,9 @@ def toyworld_images(run: Run, teacher: Teacher, config: DataConfig) -> PairSet:
         torch_save_atomic(path, {"images": batch.images, "captions": batch.captions})
     run.wait()
     data = torch.load(path, map_location="cpu", weights_only=False)
-    x0 = teacher.images_to_model(data["images"].float() / 255.0).float().cpu()
+    with torch.no_grad():  # in batches: a latent teacher's VAE encodes them
+        x0 = torch.cat([teacher.images_to_model(images.float() / 255.0).float().cpu()
+                        for images in data["images"].split(config.generate_batch)])
     return PairSet(x0, list(data["captions"]))
 
 

@@ -14,7 +14,8 @@ which is (σ_t/α_t)(ε̂_real − ε̂_fake) up to the normaliser (x̂0 = (x_t 
 and away from the fake one's (the VSD direction ε̂_teacher − ε̂_critic). The normaliser is the one in
 DMD2's released code (per sample, the mean absolute gap between x and the real x̂0), not DMD's
 paper weighting; the real score uses CFG (weight ``cfg``), the fake score none.
-An optional regression loss ‖G(z_i) − x0_i‖² to cached teacher rollouts keeps the modes (DMD §3.3).
+An optional regression loss ‖G(z_i) − x0_i‖² to cached teacher rollouts keeps the modes (DMD §3.3); like every
+term here it lives in the teacher's model space (latents for a latent teacher: rollouts are never decoded).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dreamdistill.distill.fake_score import (
     update_fake,
 )
 from dreamdistill.distill.loop import Run, StepContext
-from dreamdistill.distill.student import TrainedStudent, check_one_step_teacher, generate, trainable_copy
+from dreamdistill.distill.student import TrainedStudent, check_one_step_teacher, generate, new_student
 
 if TYPE_CHECKING:
     from dreamdistill.distill import DistillConfig
@@ -123,9 +124,8 @@ def distill_dmd(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStu
     if config.dmd.regression_weight > 0:
         pairs = teacher_rollouts(run, teacher, prompts, config.cfg, config.data)
     timestep = int(student_schedule(teacher).timesteps(1)[0])
-    modules = {"generator": trainable_copy(teacher.unet), "fake": fake_score(teacher, config.dmd.fake,
-                                                                                   config.dmd.lora_rank,
-                                                                                   config.dmd.lora_targets)}
+    modules = {"generator": new_student(teacher.unet, config.student),
+               "fake": fake_score(teacher, config.dmd.fake, config.dmd.lora_rank, config.dmd.lora_targets)}
     rates = {"fake": config.dmd.fake_learning_rate} if config.dmd.fake_learning_rate else None
     trained = run.phase("dmd", modules, _dmd_step(teacher, prompts, pairs, timestep, config), rates,
                         average="generator")

@@ -18,11 +18,9 @@ from dreamdistill.diffusion.dsm import denoising_loss
 from dreamdistill.diffusion.schedule import add_noise
 from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.loop import StepContext
-from dreamdistill.distill.student import generate, trainable_copy
+from dreamdistill.distill.student import LORA_TARGETS, generate, trainable_copy
 
 FakeKind = Literal["lora", "copy"]
-LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
-"""UNet module names that get LoRA adapters by default (attention projections and ResNet convolutions)."""
 
 
 def fake_score(teacher: Teacher, kind: FakeKind, lora_rank: int = 16,

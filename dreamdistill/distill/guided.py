@@ -3,8 +3,10 @@
 Stage 1: a student UNet conditioned on w matches the classifier-free-guided teacher,
 x̂0_student(x_t; y, w) ≈ x̂0_u + w (x̂0_c − x̂0_u), over w ~ U(w_range) and all timesteps, with one
 network call instead of two. w enters like the timestep: a sinusoidal embedding of 1000·w
-(``teacher.guidance_embedding``) added through diffusers' ``time_cond_proj_dim`` projection, which
-is zero-initialised, so the student starts exactly as the teacher's conditional model.
+(``teacher.guidance_embedding``; for a latent teacher diffusers' own embedding of w − 1, so that
+``StableDiffusionPipeline(guidance_scale=w)`` feeds the saved student the same input) added through diffusers'
+``time_cond_proj_dim`` projection, which is zero-initialised, so the student starts exactly as the teacher's
+conditional model.
 Stage 2: progressive distillation (``progressive.py``, the ``pd`` settings) with the stage-1
 student as the first teacher and w-conditioned students, w drawn per sample from the same range.
 """
@@ -22,7 +24,7 @@ from dreamdistill.diffusion.teacher import Teacher
 from dreamdistill.distill.data import PairSet
 from dreamdistill.distill.loop import Run, StepContext
 from dreamdistill.distill.progressive import pd_weight, progressive_rounds, weighted_x0_loss
-from dreamdistill.distill.student import TrainedStudent, save_student, unwrap
+from dreamdistill.distill.student import TrainedStudent, new_student, save_student, unwrap
 from dreamdistill.errors import DreamDistillError
 
 if TYPE_CHECKING:
@@ -90,12 +92,17 @@ def _stage1_step(teacher: Teacher, data: PairSet, config: DistillConfig):
 
 
 def distill_guided(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStudent:
-    """Stage 1 (saved to WORK_DIR/guided-stage1 as a teacher folder), then PD on it down to pd.student_steps."""
+    """Stage 1 (saved to WORK_DIR/guided-stage1 as a teacher folder), then PD on it down to pd.student_steps.
+
+    With ``student.lora_rank`` > 0 both stages train one LoRA adapter on the teacher's weights, plus the
+    w-projection (which a LoRA file cannot hold: a latent teacher's LoRA student keeps it beside the adapter)."""
     from dreamdistill.distill.data import clean_images, training_prompts
     from dreamdistill.distill.student import student_schedule
 
     data = clean_images(run, teacher, training_prompts(teacher, config.prompts), config.cfg, config.data)
     student = guided_unet(teacher.unet, config.guided.embedding_dim)
+    if config.student.lora_rank:  # the teacher's weights frozen: a LoRA and the w-projection train
+        student = new_student(student, config.student)
     stage1_run = run
     if config.guided.stage1_steps is not None:
         stage1_run = _with_steps(run, config.guided.stage1_steps)
@@ -107,7 +114,7 @@ def distill_guided(run: Run, teacher: Teacher, config: DistillConfig) -> Trained
     w_range = config.guided.w_range
     unet = progressive_rounds(run, teacher, student_schedule(teacher), (stage1, "embedded"), "embedded", data,
                               lambda ctx, batch: sample_guidance(ctx, batch, w_range), config.pd,
-                              prefix="guided-pd")
+                              prefix="guided-pd", copy_student=lambda unet: new_student(unet, config.student))
     return TrainedStudent(unet, config.pd.student_steps, cfg=config.cfg, guidance_embedding=True)
 
 

@@ -154,18 +154,20 @@ def _round_step(teacher: Teacher, schedule: NoiseSchedule, current: Denoiser, st
 
 def progressive_rounds(run: Run, teacher: Teacher, schedule: NoiseSchedule, first: tuple[torch.nn.Module, GuidanceMode],
                        student_guidance: GuidanceMode, data: PairSet, sample_w: GuidanceSampler, config: PDConfig,
-                       prefix: str = "pd") -> torch.nn.Module:
+                       prefix: str = "pd",
+                       copy_student: Callable[[torch.nn.Module], torch.nn.Module] = trainable_copy) -> torch.nn.Module:
     """Run every round from ``config.teacher_steps`` to ``config.student_steps``; returns the last student's UNet.
 
     ``first`` is the round-1 teacher as (UNet, guidance mode): the CFG teacher, or a guidance-embedded stage-1
-    student; each student starts as a copy of its teacher's UNet and is called with ``student_guidance``.
+    student; each student starts as ``copy_student`` of its teacher's UNet (a full trainable copy, or the same
+    LoRA student training on, see ``student.new_student``) and is called with ``student_guidance``.
     """
     unet, guidance = first
     for teacher_steps, student_steps in pd_rounds(config.teacher_steps, config.student_steps):
         step = _round_step(teacher, schedule, teacher.denoiser(unet, guidance), student_guidance, data, sample_w,
                            student_steps, config, run.config.batch_size)
         phase = f"{prefix}-{teacher_steps}to{student_steps}"
-        unet = run.phase(phase, {"student": trainable_copy(unet)}, step, average="student")["student"]
+        unet = run.phase(phase, {"student": copy_student(unet)}, step, average="student")["student"]
         guidance = student_guidance
     return unet
 
@@ -173,10 +175,11 @@ def progressive_rounds(run: Run, teacher: Teacher, schedule: NoiseSchedule, firs
 def distill_pd(run: Run, teacher: Teacher, config: DistillConfig) -> TrainedStudent:
     """Progressive distillation of the CFG teacher (weight ``cfg``) into a K-step student with guidance baked in."""
     from dreamdistill.distill.data import clean_images, training_prompts
-    from dreamdistill.distill.student import student_schedule
+    from dreamdistill.distill.student import new_student, student_schedule
 
     cfg = config.cfg
     data = clean_images(run, teacher, training_prompts(teacher, config.prompts), cfg, config.data)
     unet = progressive_rounds(run, teacher, student_schedule(teacher), (teacher.unet, "cfg"), "none", data,
-                              lambda ctx, batch: cfg, config.pd)
+                              lambda ctx, batch: cfg, config.pd,
+                              copy_student=lambda unet: new_student(unet, config.student))
     return TrainedStudent(unet, config.pd.student_steps, cfg=1.0)
