@@ -142,7 +142,7 @@ def app_server(tmp_path_factory):
                                 str(out)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                cwd=folder)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240  # importing gradio takes a while on a busy 2-core machine
     try:
         while True:
             try:
