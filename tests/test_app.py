@@ -214,7 +214,7 @@ def test_an_instant_run_in_the_browser_then_bad_prompts(app_server, tmp_path):
         wait_until(tools, f'document.getElementById("{ids["status"]}").innerText.includes("done")', 120,
                    "finished run", log)
         canvas = f'document.querySelector("#{ids["model"]} canvas")'
-        wait_until(tools, canvas, 20, "3D view")
+        wait_until(tools, canvas, 60, "3D view")
         box = tools.evaluate(f"(() => {{ const b = {canvas}.getBoundingClientRect(); "
                              "return {x: b.x, y: b.y, width: b.width, height: b.height}; })()")
         assert box["width"] > 200 and box["height"] > 200, box
@@ -244,7 +244,7 @@ def test_an_instant_run_in_the_browser_then_bad_prompts(app_server, tmp_path):
         for prompt, message in (("a dragon", "names no toy-world category"), ("", "empty prompt")):
             set_prompt(tools, prompt)
             click(tools, f"#{ids['run']}")
-            wait_until(tools, f'document.getElementById("{ids["status"]}").innerText.includes({message!r})', 20,
+            wait_until(tools, f'document.getElementById("{ids["status"]}").innerText.includes({message!r})', 60,
                        f"message for {prompt!r}", log)
             assert "Traceback" not in status_text(tools)
         assert len([path for path in out.iterdir() if path.is_dir()]) == 1  # bad prompts write nothing
