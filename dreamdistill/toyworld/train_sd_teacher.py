@@ -250,6 +250,23 @@ def _log(work_dir: Path, record: dict) -> None:
     append_jsonl(work_dir / "log.jsonl", {"time": round(time.time(), 1), **record})
 
 
+def _log_reconstruction(config: SDTeacherTrainConfig, stage: str, step: int, record: dict, vae,
+                        images: torch.Tensor) -> None:
+    """Log a VAE stage's losses, with the held-out PSNR every 250 steps."""
+    if step % 250 == 0 and config.held_out:
+        record["val_psnr"] = round(validation_psnr(vae, images[-config.held_out:]), 2)
+    _log(Path(config.work_dir), {"stage": stage, "step": step, **record})
+
+
+def _end_stage(name: str, step: int, bar, stop: StopRequest, save) -> None:
+    """Close the bar, save the stage (finished unless a stop was requested), and re-raise a requested stop."""
+    bar.close()
+    stop.restore()
+    save(finished=not stop.requested)
+    if stop.requested:
+        raise KeyboardInterrupt(f"{name} stopped at step {step}; checkpoint saved")
+
+
 def _restore(module, state: dict, path: Path) -> None:
     try:
         module.load_state_dict(state)
@@ -324,17 +341,10 @@ def stage_vae(config: SDTeacherTrainConfig, images: torch.Tensor) -> None:
         bar.update(1)
         bar.set_postfix(l1=f"{losses['l1'].item():.4f}", mse=f"{losses['mse'].item():.5f}")
         if step % 50 == 0:
-            record = {k: round(v.item(), 6) for k, v in losses.items()}
-            if step % 250 == 0 and config.held_out:
-                record["val_psnr"] = round(validation_psnr(vae, images[-config.held_out:]), 2)
-            _log(Path(config.work_dir), {"stage": "vae", "step": step, **record})
+            _log_reconstruction(config, "vae", step, {k: round(v.item(), 6) for k, v in losses.items()}, vae, images)
         if timer.checkpoint_due():
             save(False)
-    bar.close()
-    stop.restore()
-    save(finished=not stop.requested)
-    if stop.requested:
-        raise KeyboardInterrupt(f"vae stopped at step {step}; checkpoint saved")
+    _end_stage("vae", step, bar, stop, save)
 
 
 @torch.no_grad()
@@ -472,11 +482,7 @@ def stage_unet(config: SDTeacherTrainConfig, latents: dict) -> None:
             _log(Path(config.work_dir), {"stage": "unet", "step": step, "loss": round(loss.item(), 6)})
         if timer.checkpoint_due():
             save(False)
-    bar.close()
-    stop.restore()
-    save(finished=not stop.requested)
-    if stop.requested:
-        raise KeyboardInterrupt(f"unet stopped at step {step}; checkpoint saved")
+    _end_stage("unet", step, bar, stop, save)
 
 
 def stage_decoder(config: SDTeacherTrainConfig, images: torch.Tensor) -> None:
@@ -523,17 +529,10 @@ def stage_decoder(config: SDTeacherTrainConfig, images: torch.Tensor) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 50 == 0:
-            record = {"loss": round(loss.item(), 6)}
-            if step % 250 == 0 and config.held_out:
-                record["val_psnr"] = round(validation_psnr(vae, images[-config.held_out:]), 2)
-            _log(Path(config.work_dir), {"stage": "decoder", "step": step, **record})
+            _log_reconstruction(config, "decoder", step, {"loss": round(loss.item(), 6)}, vae, images)
         if timer.checkpoint_due():
             save(False)
-    bar.close()
-    stop.restore()
-    save(finished=not stop.requested)
-    if stop.requested:
-        raise KeyboardInterrupt(f"decoder stopped at step {step}; checkpoint saved")
+    _end_stage("decoder", step, bar, stop, save)
 
 
 def export_pipeline(config: SDTeacherTrainConfig, folder: Path | None = None) -> Path:
