@@ -2,10 +2,12 @@
 
 Distillation: 2 processes with batch B each train what 1 process with batch 2B trains (the global batch), to float
 tolerance, for pd (killed mid-way and resumed under 2 processes), dmd and sid; only rank 0 writes and shows bars.
+``train-instant``: 2 processes sharing out each step's prompts (killed mid-way and resumed) train what 1 process
+trains on the same prompts: generator, occupancy grids and their clocks, logged stats; only rank 0 writes.
 ``dreamdistill batch``: a prompt list split across 2 processes, each prompt done exactly once, an interrupted batch
 finished by the rerun, a bad line failing alone, summary.json and index.html.
 
-Each launch costs a few seconds of imports per process; the module launches 3 times in all.
+Each launch costs a few seconds of imports per process; the module launches 5 times in all.
 """
 
 from __future__ import annotations
@@ -135,6 +137,119 @@ def test_processes_share_out_the_global_batch_row_by_row():
     parts = [draws(rank, 3, 2) for rank in range(3)]
     for i, tensor in enumerate(whole):
         torch.testing.assert_close(torch.cat([part[i] for part in parts]), tensor, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------- train-instant
+INSTANT_TINY = ["render.resolution=12", "render.step_divisions=24", "scene.levels=4", "scene.log2_table_size=8",
+                "scene.max_resolution=32", "scene.hidden_dim=8", "conditioning.code_dim=8", "checkpoint_every=1",
+                "validate_every=0", "threads=1",
+                # 3 prompts on 2 processes (rows 0 | 1, 2), 2 cameras each; per-grid occupancy refreshed every step
+                # (data-dependent draws); a random background (torch's global stream); jittered rays and light
+                "prompts_per_step=3", "cameras_per_prompt=2", "conditioning.modulate=albedo",
+                "render.occupancy_resolution=8", "render.occupancy_warmup=1", "render.occupancy_update_every=1",
+                "render.background=random", "render.pixel_jitter=true", "render.light_jitter=0.3"]
+INSTANT_STEPS = 4
+
+
+def instant_argv(teacher: Path, out: Path) -> list[str]:
+    return ["train-instant", "--out", str(out), "--teacher", str(teacher), "--steps", str(INSTANT_STEPS),
+            "--device", "cpu", *sum((["--set", s] for s in INSTANT_TINY), [])]
+
+
+@pytest.fixture(scope="module")
+def instant_runs(tiny_pixel_teacher_dir, tmp_path_factory):
+    """One process (here), then 2 processes (torchrun) killed at step 2 and resumed by `accelerate launch`."""
+    root = tmp_path_factory.mktemp("distributed-instant")
+    assert cli.main(instant_argv(tiny_pixel_teacher_dir, root / "one")) == 0
+    (root / "plan.json").write_text(json.dumps([{"argv": instant_argv(tiny_pixel_teacher_dir, root / "two"),
+                                                  "stop_at_step": 2}]))
+    first = launch([*TORCHRUN, WORKER, root / "plan.json"])
+    assert first.returncode == 0, failed(first)
+    assert json.loads((root / "plan.json.codes").read_text()) == [130]
+    assert torch.load(root / "two" / "checkpoint.pt", weights_only=False)["step"] == 2
+    resumed = launch([*accelerate_launch(), "-m", "dreamdistill.cli", *instant_argv(tiny_pixel_teacher_dir,
+                                                                                      root / "two")])
+    assert resumed.returncode == 0, failed(resumed)
+    return root, first, resumed
+
+
+def test_two_processes_train_the_instant_generator_one_process_trains(instant_runs):
+    """Same generator to float tolerance (measured: largest difference 4e-9 on weights up to 0.36; without summing
+    the gradients over the processes, 0.035), the same occupancy grids and clocks, and the logged stats of the
+    global batch."""
+    root, _, _ = instant_runs
+    one, two = (torch.load(root / run / "checkpoint.pt", weights_only=False) for run in ("one", "two"))
+    assert one["step"] == two["step"] == INSTANT_STEPS
+    assert one["model"]["code_mlp.2.weight"].abs().max() > 1e-4, "training did not move the generator (FiLM starts 0)"
+    for name, value in one["model"].items():
+        torch.testing.assert_close(two["model"][name], value, rtol=1e-4, atol=2e-5, msg=name)
+    assert two["grid_updates"] == one["grid_updates"] and sum(one["grid_updates"]) == 3 * INSTANT_STEPS
+    for name, value in one["occupancy"].items():
+        torch.testing.assert_close(two["occupancy"][name], value, rtol=1e-4, atol=1e-6, msg=name)
+    logs = [[json.loads(line) for line in (root / run / "log.jsonl").read_text().splitlines()]
+            for run in ("one", "two")]
+    assert [r["step"] for r in logs[1]] == list(range(INSTANT_STEPS))  # each step logged once, by rank 0 alone
+    for a, b in zip(*logs, strict=True):
+        assert a["prompts"] == b["prompts"] and a.keys() == b.keys()
+        for key in a.keys() - {"step", "prompts"}:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
+
+
+def test_train_instant_writes_on_rank_zero_alone_and_a_killed_run_resumes(instant_runs):
+    root, first, resumed = instant_runs
+    assert first.stderr.count("instant:   0%") == 1 and first.stderr.count("2 processes, ->") == 1
+    assert resumed.stderr.count("steps 2 -> 4, 2 processes") == 1
+    assert resumed.stderr.count("instant:  50%") == 1  # one bar, resuming at step 2 of 4
+    info = json.loads((root / "two" / "generator" / "instant.json").read_text())
+    assert info["trained_steps"] == INSTANT_STEPS
+    assert not list((root / "two").glob("**/.*tmp*"))
+
+
+def test_instant_processes_share_out_the_prompts_and_replay_the_others_draws(tiny_pixel_teacher_dir):
+    """Each process renders contiguous rows of the step's prompts, together all of them once; a process replays
+    another's render on a blank field and draws exactly the numbers that render draws; a process without a prompt
+    is refused in one line."""
+    from dreamdistill.config import load_config
+    from dreamdistill.diffusion.teacher import Teacher
+    from dreamdistill.errors import DreamDistillError
+    from dreamdistill.instant.config import InstantConfig
+    from dreamdistill.instant.trainer import InstantTrainer, Processes, camera_slice, light_slice
+    from dreamdistill.lift3d.schedules import pick_shading
+    from dreamdistill.render.cameras import sample_cameras
+    from dreamdistill.render.lights import camera_light
+    from dreamdistill.render.volume import render
+
+    for count in range(1, 9):
+        for world in range(1, count + 1):
+            shares = [Processes(rank, world).share(count) for rank in range(world)]
+            assert [row for share in shares for row in share] == list(range(count))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1 and min(map(len, shares)) >= 1
+
+    teacher = Teacher.from_pretrained(tiny_pixel_teacher_dir, device="cpu")
+    overrides = [s for s in INSTANT_TINY if not s.startswith("checkpoint")] + ["render.supersample=2",
+                                                                                "regularizers.orientation=0.1"]
+    config = load_config(InstantConfig, ROOT / "configs" / "instant-toy.yaml", overrides)
+    with pytest.raises(DreamDistillError, match="prompts_per_step 3 is below the 4 processes"):
+        InstantTrainer(config, teacher, processes=Processes(0, 4))
+    trainer = InstantTrainer(config, teacher, processes=Processes(1, 2))
+    for step in range(2):  # the second step marches through the refreshed occupancy grids
+        generator = torch.Generator().manual_seed(step)
+        cameras = sample_cameras(2, config.cameras, generator)
+        shading = pick_shading(config.render, 1.0, generator)
+        light = camera_light(cameras, config.render, generator)
+        states = []
+        for field_ in (trainer.bound_field("a red chair", 0.5), trainer.blank):
+            torch.manual_seed(step)
+            occupancy = trainer.occupancy[trainer.model.grid_index("a red chair")]
+            snapshot = generator.get_state()
+            render(field_, trainer.background, camera_slice(cameras, slice(0, 2)), 12, shading=shading,
+                   light=light_slice(light, slice(0, 2)), occupancy=occupancy, prune=field_ is not trainer.blank,
+                   **trainer.render_settings(generator))
+            states.append((generator.get_state(), torch.get_rng_state()))
+            generator.set_state(snapshot)
+        assert all(torch.equal(a, b) for a, b in zip(*states))
+        trainer.replay("a red chair", 0.5, camera_slice(cameras, slice(0, 2)), 12, shading,
+                       light_slice(light, slice(0, 2)), generator)
 
 
 # ------------------------------------------------------------------------------------------- batch

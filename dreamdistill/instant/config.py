@@ -32,7 +32,8 @@ class InstantConfig:
     threads: Annotated[int, Range(0, 1024)] = 1
     """CPU threads of torch (0: torch's default); one thread shares a small machine politely."""
     prompts_per_step: Annotated[int, Range(1, 1024)] = 4
-    """Training prompts drawn (without replacement) for each update."""
+    """Training prompts drawn (without replacement) for each update: the global batch, which several processes
+    share out (each renders its own rows, so it must be at least the number of processes)."""
     cameras_per_prompt: Annotated[int, Range(1, 64)] = 1
     """Random cameras rendered per drawn prompt (batch = prompts_per_step × cameras_per_prompt)."""
     checkpoint_every: Annotated[int, Range(1, None)] = 200

@@ -11,6 +11,11 @@
 
 Every step draws its randomness from a generator seeded by (seed, step), so a resumed run replays the same
 streams as an uninterrupted one.
+
+Several processes (``torchrun`` or ``accelerate launch --multi_gpu -m dreamdistill.cli train-instant``; on a CPU-only
+machine they join over gloo) train one generator together: each renders its share of every step's
+``prompts_per_step`` prompts and the gradients are summed (:mod:`.trainer`), so they train what one process trains;
+rank 0 alone writes the folder and shows the progress bar, and a run resumes under any number of processes.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from dreamdistill.fileio import (
 from dreamdistill.instant.config import InstantConfig, check_instant_config
 from dreamdistill.instant.generator import ConditioningConfig, InstantField
 from dreamdistill.instant.prompts import HELD_OUT_PAIRS, held_out_prompts, training_prompts
-from dreamdistill.instant.trainer import InstantTrainer
+from dreamdistill.instant.trainer import InstantTrainer, check_shares, join_processes
 from dreamdistill.interrupt import StopRequest
 from dreamdistill.lift3d.evaluate import ORBIT_ELEVATION
 from dreamdistill.lift3d.scene import render_orbit, to_uint8
@@ -148,12 +153,15 @@ def prepare(config: InstantConfig, out: Path) -> tuple[InstantConfig, dict | Non
 def train(config: InstantConfig, out: Path, teacher=None, stop_after: int | None = None,
           progress_bar: bool = True) -> InstantTrainer:
     """Train (or resume) the generator in ``out``; ``stop_after`` ends after that step (to test resuming).
-    Ctrl-C or SIGTERM ends after the current step with a checkpoint (:class:`Interrupted`)."""
+    Ctrl-C or SIGTERM ends after the current step with a checkpoint (:class:`Interrupted`). Under several processes
+    (a launcher's WORLD_SIZE) every process calls this; rank 0 alone writes and shows the bar."""
     from tqdm import tqdm
 
     out = Path(out)
     check_instant_config(config)
+    processes = join_processes(config.device)
     config, checkpoint = prepare(config, out)
+    check_shares(config, processes)
     if config.threads:
         torch.set_num_threads(config.threads)
     if teacher is None:
@@ -161,39 +169,50 @@ def train(config: InstantConfig, out: Path, teacher=None, stop_after: int | None
         from dreamdistill.lift3d.run import quiet_libraries
 
         quiet_libraries()
-        teacher = Teacher.from_pretrained(config.teacher, device=config.device)
-    trainer = InstantTrainer(config, teacher)
+        device = processes.device if processes.world > 1 else config.device
+        teacher = Teacher.from_pretrained(config.teacher, device=device)
+    trainer = InstantTrainer(config, teacher, processes=processes)
     start, seconds = 0, 0.0
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
         start, seconds = int(checkpoint["step"]), float(checkpoint.get("seconds", 0.0))
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(config, out / CONFIG_NAME)
-    truncate_jsonl(out / LOG_NAME, lambda record: record.get("step", 0) < start)
-    print(f"instant SDS on {config.teacher!r}: {len(trainer.prompts)} training prompts, "
-          f"{len(held_out_prompts())} held out, steps {start} -> {config.steps}, -> {out}", file=sys.stderr)
+    processes.barrier()  # every process has read the folder before rank 0 writes to it
+    main = processes.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(config, out / CONFIG_NAME)
+        truncate_jsonl(out / LOG_NAME, lambda record: record.get("step", 0) < start)
+        several = f", {processes.world} processes" if processes.world > 1 else ""
+        print(f"instant SDS on {config.teacher!r}: {len(trainer.prompts)} training prompts, "
+              f"{len(held_out_prompts())} held out, steps {start} -> {config.steps}{several}, -> {out}",
+              file=sys.stderr)
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="instant", unit="step",
-               disable=not progress_bar, dynamic_ncols=True, file=sys.stderr)
+               disable=not progress_bar or not main, dynamic_ncols=True, file=sys.stderr)
     began = time.perf_counter() - seconds
     with StopRequest() as stop, bar:
         for step in bar:
             stats = trainer.step(step)
             done = step + 1
-            append_jsonl(out / LOG_NAME, {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v)
-                                                            for k, v in stats.items()}})
+            if main:
+                append_jsonl(out / LOG_NAME, {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v)
+                                                                for k, v in stats.items()}})
             bar.set_postfix(loss=f"{stats['loss']:.3g}", opacity=f"{stats['opacity']:.2f}", refresh=False)
             if trainer.nonfinite_steps * 2 > max(done, 20):
                 raise DreamDistillError(f"the training diverged: {trainer.nonfinite_steps} of {done} steps were "
                                         "non-finite; lower the guidance scale or the learning rates")
-            if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
-                save_checkpoint(trainer, out, done, time.perf_counter() - began)
-            if stop.requested:
+            signum = int(processes.largest(stop.signum or 0)) if processes.world > 1 else stop.signum
+            if done % config.checkpoint_every == 0 or done == config.steps or signum:
+                if main:
+                    save_checkpoint(trainer, out, done, time.perf_counter() - began)
+            if signum:
+                processes.barrier()  # the checkpoint is written before any process exits
                 raise Interrupted(f"stopped at step {done} of {config.steps}, checkpoint saved; continue with the "
-                                  "same command", stop.signum)
-            if config.validate_every and done % config.validate_every == 0 or done == config.steps:
+                                  "same command", signum)
+            if main and (config.validate_every and done % config.validate_every == 0 or done == config.steps):
                 save_sheet(trainer, out / "validation" / f"step-{done:06d}.png")
             if stop_after is not None and done >= stop_after:
                 break
+    processes.barrier()  # rank 0 has written the last checkpoint and sheet when the command returns anywhere
     return trainer
 
 
