@@ -8,7 +8,13 @@ import json
 import pytest
 import torch
 
-from dreamdistill.diffusion.teacher import SHIPPED_MODELS, TEACHER_CONFIG_NAME, Teacher, resolve_teacher_path
+from dreamdistill.diffusion.teacher import (
+    SHIPPED_MODELS,
+    TEACHER_CONFIG_NAME,
+    TRAINED_HERE,
+    Teacher,
+    resolve_teacher_path,
+)
 from dreamdistill.errors import DreamDistillError
 from dreamdistill.paths import assets_dir
 
@@ -74,7 +80,7 @@ def test_missing_shipped_student_is_one_clear_error(tmp_path, monkeypatch):
         resolve_teacher_path("toy-sid")
 
 
-@pytest.mark.parametrize("name", [n for n in SHIPPED_MODELS if n != "toy"])
+@pytest.mark.parametrize("name", [n for n in SHIPPED_MODELS if n not in TRAINED_HERE])  # the students, not the teachers
 def test_the_repository_ships_lean_students(name):
     """The students in assets/ (when this checkout has them): fp16 weights only, recipe and trained_steps."""
     from safetensors import safe_open
