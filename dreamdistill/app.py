@@ -327,32 +327,13 @@ def run_job(job: Job, out: Path, jobs: Jobs, session: str) -> Iterator[dict]:
            "validation": str(strips) if strips else None, "run_dir": str(run_dir)}
 
 
-Z_UP_TO_Y_UP = ((1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, -1.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))
-"""(x, y, z) -> (x, z, −y): the run's z-up frame into glTF's y-up one (a rotation of −90° about x)."""
-
-
-def y_up_copy(glb: Path, folder: Path) -> Path:
-    """``folder/<run>/mesh.glb``: the run's mesh.glb turned y-up for the 3D view. The run writes its meshes in its
-    own z-up frame (as mesh.ply and mesh.obj); glTF viewers, Gradio's among them, take +y as up, so the file itself
-    would show the object lying on its back."""
-    import numpy as np
-    import trimesh
-
-    scene = trimesh.load(glb, force="scene")
-    scene.apply_transform(np.array(Z_UP_TO_Y_UP))
-    target = folder / glb.parent.name / glb.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(scene.export(file_type="glb"))
-    return target
-
-
-def result_files(run_dir: str | None, view_folder: Path) -> tuple[str | None, list[str] | None]:
-    """(the mesh for the 3D view: :func:`y_up_copy` of mesh.glb, the files to download) of a finished run;
+def result_files(run_dir: str | None) -> tuple[str | None, list[str] | None]:
+    """(the mesh for the 3D view: mesh.glb, y-up as glTF wants, the files to download) of a finished run;
     (None, None) for none."""
     if not run_dir:
         return None, None
     glb = Path(run_dir) / f"{MESH_STEM}.glb"
-    shown = str(y_up_copy(glb, view_folder)) if glb.is_file() else None
+    shown = str(glb) if glb.is_file() else None
     return shown, [str(path) for path in downloads(Path(run_dir))]
 
 
@@ -366,7 +347,6 @@ def build_app(out: str | Path):
     out = Path(out)
     jobs = Jobs()
     ids = ELEMENT_IDS
-    view_folder = Path(tempfile.mkdtemp(prefix="dreamdistill-app-"))  # the y-up meshes the 3D view shows
     # the handlers' ``gr.Request`` annotations are evaluated here (no ``from __future__ import annotations`` in
     # this module): Gradio passes the request to a parameter it can see is one
     with gr.Blocks(title="dreamdistill", analytics_enabled=False) as demo:
@@ -423,7 +403,7 @@ def build_app(out: str | Path):
         for trigger in (run.click, prompt.submit):
             trigger(lambda: (None, None, None), None, [finished, model, files], queue=False) \
                 .then(on_run, inputs, [status, validation, finished]) \
-                .then(lambda run_dir: result_files(run_dir, view_folder), finished, [model, files],
+                .then(result_files, finished, [model, files],
                       concurrency_limit=None)  # quick: not behind another page's job
         stop.click(on_stop, None, None, concurrency_limit=None)
         instant.change(on_instant, instant, teacher, queue=False)

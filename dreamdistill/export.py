@@ -290,12 +290,18 @@ def obj_text(mesh: Mesh, material_file: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+"""(x, y, z) -> (x, z, −y): the scene's z-up frame into glTF's y-up one (a rotation of −90° about x). glTF fixes
++Y as up, so viewers show a z-up glb lying on its back; OBJ and PLY have no convention and stay in the scene's frame
+(as the cameras and the shape scores use it)."""
+
 MTL_TEXT = "newmtl albedo\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nillum 1\n"
 """A white diffuse material: the colour comes from the vertices."""
 
 
 def write_mesh(mesh: Mesh, folder: Path, formats: list[str], stem: str = "mesh") -> list[Path]:
-    """Write ``stem.{glb,obj,ply}`` (and ``stem.mtl`` with OBJ) into ``folder``, atomically; returns the paths."""
+    """Write ``stem.{glb,obj,ply}`` (and ``stem.mtl`` with OBJ) into ``folder``, atomically; returns the paths.
+    The glb is turned y-up (:data:`Z_UP_TO_Y_UP`), the others keep the scene's z-up frame."""
     import trimesh
 
     unknown = [f for f in formats if f not in FORMATS]
@@ -310,6 +316,8 @@ def write_mesh(mesh: Mesh, folder: Path, formats: list[str], stem: str = "mesh")
         if fmt == "obj":
             written.append(write_text_atomic(folder / f"{stem}.mtl", MTL_TEXT))
             write_text_atomic(path, obj_text(mesh, f"{stem}.mtl"))
+        elif fmt == "glb":
+            write_bytes_atomic(path, tri.copy().apply_transform(Z_UP_TO_Y_UP).export(file_type=fmt))
         else:
             write_bytes_atomic(path, tri.export(file_type=fmt))
         written.append(path)

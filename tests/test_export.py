@@ -38,6 +38,9 @@ def test_sphere_mesh_is_tight_clean_and_coloured(tmp_path):
         loaded = trimesh.load(tmp_path / f"mesh.{fmt}", force="mesh")
         assert len(loaded.vertices) == len(mesh.vertices), fmt
     assert trimesh.load(tmp_path / "mesh.ply").is_watertight
+    glb, ply = (trimesh.load(tmp_path / f"mesh.{fmt}", force="mesh") for fmt in ("glb", "ply"))
+    x, y, z = ply.vertices.T  # glTF is y-up: the scene's up (+z) is the glb's +y, its +y the glb's −z
+    np.testing.assert_allclose(glb.vertices, np.stack([x, z, -y], axis=1), atol=1e-5)
     assert "mtllib mesh.mtl" in (tmp_path / "mesh.obj").read_text()
 
 
