@@ -191,3 +191,24 @@ def test_init_from_starts_each_stage_from_a_shipped_folder(tmp_path):
         key = {"vae": "vae", "unet": "unet_ema", "text_encoder": "text_ema"}[part]
         for name, value in module.state_dict().items():
             torch.testing.assert_close(value, shipped[key][name].half().float(), msg=name)
+
+
+def test_a_warm_start_that_keeps_the_vae_continues_the_folder(tmp_path):
+    """init_from with vae_steps=0: the folder's VAE and scaling factor are kept, and the exported notes count the
+    folder's steps plus this run's; vae_steps=0 alone is refused."""
+    import json
+
+    from safetensors.torch import load_file
+
+    assert _train(tmp_path / "a", "--set", "vae_steps=1", "--set", "unet_steps=1", "--set", "decoder_steps=0") == 0
+    first = tmp_path / "a" / "toy-sd"
+    assert _train(tmp_path / "b", "--set", f"init_from={first}", "--set", "vae_steps=0", "--set", "unet_steps=2",
+                  "--set", "decoder_steps=0", "--set", "seed=1") == 0
+    second = tmp_path / "b" / "toy-sd"
+    read = lambda folder, name: json.loads((folder / name).read_text())  # noqa: E731
+    assert read(second, "vae/config.json")["scaling_factor"] == read(first, "vae/config.json")["scaling_factor"]
+    kept, shipped = (load_file(folder / "vae" / "diffusion_pytorch_model.safetensors") for folder in (first, second))
+    assert all(torch.equal(kept[key], shipped[key]) for key in kept)
+    assert read(first, "dreamdistill.json")["trained_steps"] == {"unet": 1, "vae": 1}
+    assert read(second, "dreamdistill.json")["trained_steps"] == {"unet": 3, "vae": 1}
+    assert _train(tmp_path / "c", "--set", "vae_steps=0") == 2

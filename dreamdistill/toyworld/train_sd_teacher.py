@@ -58,7 +58,9 @@ class SDTeacherTrainConfig:
     resolution: Annotated[int, Range(64, 1024, multiple_of=LATENT_FACTOR * 4)] = 128
     vae_width: Annotated[int, Range(16, 512, multiple_of=16)] = 32
     """Channels of the VAE's first level; the levels use (w, 2w, 4w, 4w) (three downsamplings: factor 8)."""
-    vae_steps: Annotated[int, Range(1, 10**8)] = 20000
+    vae_steps: Annotated[int, Range(0, 10**8)] = 20000
+    """0 (with ``init_from``): keep the folder's VAE unchanged, and with it its latent space and scaling factor, so
+    that a later session trains the UNet further on the same latents."""
     vae_batch_size: Annotated[int, Range(1, 4096)] = 16
     vae_crop: Annotated[int, Range(16, 1024, multiple_of=LATENT_FACTOR)] = 64
     """Side of the random crops the VAE trains on (the full image at ``resolution``)."""
@@ -364,11 +366,25 @@ def stage_latents(config: SDTeacherTrainConfig, data: dict) -> dict:
         batch = to_model_space(images[start: start + 64]).to(config.device)
         means.append(vae.encode(batch).latent_dist.mean.half().cpu())
     latents = torch.cat(means)
-    scaling_factor = float(1.0 / latents.float().std())
+    scaling_factor = kept_scaling_factor(config) or float(1.0 / latents.float().std())
     result = {"latents": latents, "captions": data["captions"][:count], "scaling_factor": scaling_factor}
     torch_save_atomic(path, result)
     print(f"latents {tuple(latents.shape)}, scaling_factor {scaling_factor:.5f}", flush=True)
     return result
+
+
+def kept_scaling_factor(config: SDTeacherTrainConfig) -> float | None:
+    """init_from's scaling factor when its VAE is kept as is (``vae_steps=0``): its UNet learned that scale."""
+    if not (config.init_from and config.vae_steps == 0):
+        return None
+    return float(json.loads((Path(config.init_from) / "vae" / "config.json").read_text())["scaling_factor"])
+
+
+def init_trained_steps(config: SDTeacherTrainConfig) -> dict[str, int]:
+    """The steps init_from's parts had before this run (its notes' ``trained_steps``; none without init_from)."""
+    from dreamdistill.diffusion.teacher import read_folder_notes
+
+    return dict(read_folder_notes(Path(config.init_from)).get("trained_steps", {})) if config.init_from else {}
 
 
 def trained_vae(config: SDTeacherTrainConfig, decoder: bool = True):
@@ -559,6 +575,8 @@ def export_pipeline(config: SDTeacherTrainConfig, folder: Path | None = None) ->
     for name in ("vae", "decoder"):
         if (work_dir / f"{name}.pt").is_file():
             steps[name] = int(torch.load(work_dir / f"{name}.pt", map_location="cpu")["step"])
+    earlier = init_trained_steps(config)  # a warm start continues the folder's training: its steps count too
+    steps = {name: steps.get(name, 0) + int(earlier.get(name, 0)) for name in sorted({*steps, *earlier})}
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
@@ -612,6 +630,9 @@ def save_samples(folder: Path, path: Path, steps: int = 32, guidance_scale: floa
 def train_sd_teacher(config: SDTeacherTrainConfig) -> Path:
     """Run (or resume) the stages that ``config.stage`` names; returns the exported folder."""
     validate(config)
+    if config.vae_steps == 0 and not config.init_from:
+        raise DreamDistillError("--set vae_steps=0 keeps a warm-started VAE as it is: pass --set init_from=FOLDER "
+                                "too, or train the VAE (vae_steps >= 1)")
     if config.threads:
         torch.set_num_threads(config.threads)
     work_dir = Path(config.work_dir)
