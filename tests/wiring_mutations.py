@@ -3,7 +3,8 @@
     python tests/wiring_mutations.py [WORD]   # CAUGHT / MISSED per mutation (only files containing WORD)
 
 Each row: (file, exact original text, broken text, the -k expression of the tests that must catch it[, the test
-file, default tests/test_wiring.py]).
+file, default tests/test_wiring.py]). A break that moves code gives tuples of texts: each original is replaced by
+its broken text in turn.
 Every file is restored after its run. Not part of the suite (it reruns pytest once per mutation, a few minutes).
 """
 
@@ -15,6 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SDS, VSD = "dreamdistill/guidance/sds.py", "dreamdistill/guidance/vsd.py"
 FIELD, VOLUME, LIFTER = "dreamdistill/scene/field.py", "dreamdistill/render/volume.py", "dreamdistill/lift3d/lifter.py"
 SDF_TESTS, LIFT_TESTS = "tests/test_sdf.py", "tests/test_lift3d.py"
+SCHEDULES, STEP_TESTS = "dreamdistill/lift3d/schedules.py", "tests/test_lifter_wiring.py"
+OCCUPANCY_UPDATE = ("        if self.occupancy is not None:\n"
+                    "            self.occupancy.update(self.field.density, self.step_size, step=step, "
+                    "generator=generator)\n")
 MUTATIONS = [
     (SDS, "        return sigma**2", "        return sigma", "test_sds_image_gradient"),
     (SDS, "eps=eps.float(), alpha=alpha, sigma=sigma), alpha, sigma",
@@ -48,7 +53,8 @@ MUTATIONS = [
      "test_sid_generator_gradient"),
     ("dreamdistill/distill/sid.py", "x0_real = real(x_t, t, text, config.cfg).x0", "x0_real = real(x_t, t, text).x0",
      "test_sid_step"),
-    ("dreamdistill/distill/sid.py", '(fake, "cfg")(x_t, t, text, fake_cfg).x0', '(fake, "cfg")(x_t, t, text).x0',
+    ("dreamdistill/distill/sid.py", '(unwrap(fake), "cfg")(x_t, t, text, fake_cfg).x0',
+     '(unwrap(fake), "cfg")(x_t, t, text).x0',
      "test_sid_step or test_sid_generator_loss"),
     ("dreamdistill/distill/sid.py", "    with torch.no_grad():\n        normaliser", "    if True:\n        normaliser",
      "test_sid_generator_loss"),
@@ -82,6 +88,56 @@ MUTATIONS = [
     # the field's initial weights from scene.init_seed, the draws from seed
     (LIFTER, "torch.manual_seed(config.seed if init_seed is None else init_seed)", "torch.manual_seed(config.seed)",
      "init_seed", LIFT_TESTS),
+    # Lifter.step's wiring (tests/test_lifter_wiring.py): per-camera labels and embedding, schedules, flags, optimiser
+    (LIFTER, "        views = cameras.view_labels()", "        views = [cameras.view_labels()[0]] * len(cameras)",
+     "own_view_label", STEP_TESTS),
+    (LIFTER, "learning_rate_factor(config.optim.final_learning_rate_factor,\n" + " " * 69 + "progress)",
+     "learning_rate_factor(config.optim.final_learning_rate_factor,\n" + " " * 69 + "0.0)",
+     "scheduled_learning_rate", STEP_TESTS),
+    (LIFTER, 'group["lr"] = group["initial_lr"] * learning_rate_factor',
+     'group["lr"] = self.optimizer.param_groups[0]["initial_lr"] * learning_rate_factor',
+     "scheduled_learning_rate", STEP_TESTS),
+    (LIFTER, "        resolution = resolution_at(r, progress)", "        resolution = resolution_at(r, 1.0)",
+     "resolution_and_active_levels", STEP_TESTS),
+    (LIFTER, "        self.field.active_levels = active_levels(config.scene, progress)",
+     "        self.field.active_levels = None", "resolution_and_active_levels", STEP_TESTS),
+    (LIFTER, "        shading = pick_shading(r, progress, generator)", '        shading = "diffuse"',
+     "shading_follows", STEP_TESTS),
+    (LIFTER, "        light = camera_light(cameras, r, generator)", "        light = None", "shading_follows",
+     STEP_TESTS),
+    (LIFTER, "        if self.occupancy is not None:\n", "        if self.occupancy is None:\n", "occupancy_is_updated",
+     STEP_TESTS),
+    (LIFTER, (OCCUPANCY_UPDATE, "        views = cameras.view_labels()\n"),
+     ("", "        views = cameras.view_labels()\n" + OCCUPANCY_UPDATE), "occupancy_is_updated", STEP_TESTS),
+    (LIFTER, "camera=cameras.embedding())",
+     "camera=sample_cameras(r.batch_size, config.cameras, generator).embedding())", "embedding_and_the_progress",
+     STEP_TESTS),
+    (LIFTER, "self.guidance(out.image, views, progress,", "self.guidance(out.image, views, 0.0,",
+     "embedding_and_the_progress", STEP_TESTS),
+    (LIFTER, "self.guidance(out.image, views,", "self.guidance(out.image.detach(), views,",
+     "embedding_and_the_progress or scheduled_learning_rate", STEP_TESTS),
+    (LIFTER, "return_normals=config.regularizers.orientation > 0,",
+     "return_normals=config.regularizers.orientation == 0,", "asked_for_exactly_when_weighted", STEP_TESTS),
+    (LIFTER, "return_distortion=config.regularizers.distortion > 0,", "return_distortion=True,",
+     "asked_for_exactly_when_weighted", STEP_TESTS),
+    (LIFTER, "return_eikonal=config.regularizers.eikonal > 0)", "return_eikonal=config.regularizers.eikonal >= 0)",
+     "asked_for_exactly_when_weighted", STEP_TESTS),
+    (LIFTER, "list(self.field.mlp.parameters()) + list(self.background.parameters())",
+     "list(self.field.mlp.parameters())", "scheduled_learning_rate", STEP_TESTS),
+    (LIFTER, 'finite = int(result.get("nonfinite", 0)) == 0 and self.gradients_finite(loss)',
+     "finite = self.gradients_finite(loss)", "nonfinite_step", STEP_TESTS),
+    (LIFTER, 'finite = int(result.get("nonfinite", 0)) == 0 and self.gradients_finite(loss)',
+     'finite = int(result.get("nonfinite", 0)) == 0', "nonfinite_step", STEP_TESTS),
+    (LIFTER, "            self.optimizer.step()\n        else:", "            pass\n        else:",
+     "scheduled_learning_rate", STEP_TESTS),
+    (SCHEDULES, "    return final_factor**progress", "    return final_factor", "scheduled_learning_rate",
+     STEP_TESTS),
+    (SCHEDULES, "and progress < config.resolution_switch:", "and progress <= config.resolution_switch:",
+     "resolution_and_active_levels", STEP_TESTS),
+    (SCHEDULES, "    if progress < config.albedo_warmup:", "    if progress <= config.albedo_warmup:",
+     "shading_follows", STEP_TESTS),
+    (SCHEDULES, "min(progress / scene.levels_full_at, 1.0)", "min(progress, 1.0)", "resolution_and_active_levels",
+     STEP_TESTS),
 ]
 
 
@@ -92,19 +148,29 @@ def main() -> int:
         test_file = where[0] if where else "tests/test_wiring.py"
         path = ROOT / name
         source = path.read_text()
-        if source.count(old) != 1:
-            print(f"STALE  {name}: {old!r} is not in the file once; update this table")
+        olds, news = (old, new) if isinstance(old, tuple) else ((old,), (new,))
+        stale = next((part for part in olds if source.count(part) != 1), None)
+        if stale is not None:
+            print(f"STALE  {name}: {stale!r} is not in the file once; update this table")
             missed += 1
             continue
-        path.write_text(source.replace(old, new))
+        broken = source
+        for part, replacement in zip(olds, news):
+            broken = broken.replace(part, replacement)
+        path.write_text(broken)
         try:
             result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", test_file, "-k", tests],
                                     cwd=ROOT, capture_output=True, text=True)
         finally:
             path.write_text(source)
+        if result.returncode == 5:  # pytest's "no tests collected": a -k that matches nothing catches nothing
+            print(f"NO TESTS {test_file} -k {tests!r}; update this table")
+            missed += 1
+            continue
         caught = result.returncode != 0
         missed += not caught
-        print(f"{'CAUGHT' if caught else 'MISSED'} {name}: {new.strip()[:70]!r}", flush=True)
+        broken_text = " / ".join(part.strip() for part in news if part.strip())
+        print(f"{'CAUGHT' if caught else 'MISSED'} {name}: {broken_text[:70]!r}", flush=True)
     tried = sum(only in m[0] for m in MUTATIONS)
     print(f"{tried - missed} of {tried} mutations caught")
     return 1 if missed else 0
