@@ -51,8 +51,6 @@ def test_plain_diffusers_agrees_with_our_sampler(teacher, red_chairs):
     torch.testing.assert_close(ours, red_chairs, atol=2e-3, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 31 open: toy-sd after 1,795 UNet steps on a CPU draws the chair in the "
-                   "wrong colour (evaluator: 4 of 4 chairs, 0 of 4 red); remove this mark once it passes")
 def test_plain_diffusers_samples_a_recognisable_red_chair(red_chairs):
     """The toy evaluator reads a red chair in most of the 4 samples."""
     from dreamdistill.toyworld.evaluator import Evaluator

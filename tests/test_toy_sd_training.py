@@ -210,5 +210,8 @@ def test_a_warm_start_that_keeps_the_vae_continues_the_folder(tmp_path):
     kept, shipped = (load_file(folder / "vae" / "diffusion_pytorch_model.safetensors") for folder in (first, second))
     assert all(torch.equal(kept[key], shipped[key]) for key in kept)
     assert read(first, "dreamdistill.json")["trained_steps"] == {"unet": 1, "vae": 1}
-    assert read(second, "dreamdistill.json")["trained_steps"] == {"unet": 3, "vae": 1}
+    notes = read(second, "dreamdistill.json")
+    assert notes["trained_steps"] == {"unet": 3, "vae": 1}
+    assert notes["continued_from"]["recipe"] == read(first, "dreamdistill.json")["recipe"]
+    assert notes["continued_from"]["trained_steps"] == {"unet": 1, "vae": 1}
     assert _train(tmp_path / "c", "--set", "vae_steps=0") == 2

@@ -387,6 +387,19 @@ def init_trained_steps(config: SDTeacherTrainConfig) -> dict[str, int]:
     return dict(read_folder_notes(Path(config.init_from)).get("trained_steps", {})) if config.init_from else {}
 
 
+def continued_from(config: SDTeacherTrainConfig) -> dict:
+    """``{"continued_from": init_from's steps, recipe (and its own history)}`` for a warm start ({} without): the
+    exported notes keep every session's recipe."""
+    from dreamdistill.diffusion.teacher import read_folder_notes
+
+    if not config.init_from:
+        return {}
+    earlier = read_folder_notes(Path(config.init_from))
+    return {"continued_from": {"folder": config.init_from, **{key: earlier[key] for key in
+                                                               ("trained_steps", "recipe", "continued_from")
+                                                               if key in earlier}}}
+
+
 def trained_vae(config: SDTeacherTrainConfig, decoder: bool = True):
     """The VAE from ``vae.pt``, with the fine-tuned decoder from ``decoder.pt`` when ``decoder`` and it exists."""
     vae = build_vae(config.vae_width, config.resolution)
@@ -594,7 +607,8 @@ def export_pipeline(config: SDTeacherTrainConfig, folder: Path | None = None) ->
         "vocabulary": {**toy_vocabulary(), "other_words": training_words()}, "default_steps": 64, "default_cfg": 5.0,
         "trained_steps": steps,
         "recipe": {path.stem.removeprefix("config-"): json.loads(path.read_text())
-                   for path in sorted(work_dir.glob("config-*.json"))}})
+                   for path in sorted(work_dir.glob("config-*.json"))},
+        **continued_from(config)})
     if folder.exists():
         shutil.rmtree(folder)
     staging.rename(folder)
