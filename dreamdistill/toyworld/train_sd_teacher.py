@@ -380,24 +380,16 @@ def kept_scaling_factor(config: SDTeacherTrainConfig) -> float | None:
     return float(json.loads((Path(config.init_from) / "vae" / "config.json").read_text())["scaling_factor"])
 
 
-def init_trained_steps(config: SDTeacherTrainConfig) -> dict[str, int]:
-    """The steps init_from's parts had before this run (its notes' ``trained_steps``; none without init_from)."""
-    from dreamdistill.diffusion.teacher import read_folder_notes
-
-    return dict(read_folder_notes(Path(config.init_from)).get("trained_steps", {})) if config.init_from else {}
-
-
 def continued_from(config: SDTeacherTrainConfig) -> dict:
-    """``{"continued_from": init_from's steps, recipe (and its own history)}`` for a warm start ({} without): the
-    exported notes keep every session's recipe."""
+    """What a warm start continues: init_from's ``trained_steps`` and ``recipe`` (and its own ``continued_from``),
+    with the folder; {} without init_from. The export adds those steps to this run's and keeps the history."""
     from dreamdistill.diffusion.teacher import read_folder_notes
 
     if not config.init_from:
         return {}
     earlier = read_folder_notes(Path(config.init_from))
-    return {"continued_from": {"folder": config.init_from, **{key: earlier[key] for key in
-                                                               ("trained_steps", "recipe", "continued_from")
-                                                               if key in earlier}}}
+    return {"folder": config.init_from,
+            **{key: earlier[key] for key in ("trained_steps", "recipe", "continued_from") if key in earlier}}
 
 
 def trained_vae(config: SDTeacherTrainConfig, decoder: bool = True):
@@ -588,7 +580,8 @@ def export_pipeline(config: SDTeacherTrainConfig, folder: Path | None = None) ->
     for name in ("vae", "decoder"):
         if (work_dir / f"{name}.pt").is_file():
             steps[name] = int(torch.load(work_dir / f"{name}.pt", map_location="cpu")["step"])
-    earlier = init_trained_steps(config)  # a warm start continues the folder's training: its steps count too
+    history = continued_from(config)
+    earlier = history.get("trained_steps", {})  # a warm start continues the folder's training: its steps count too
     steps = {name: steps.get(name, 0) + int(earlier.get(name, 0)) for name in sorted({*steps, *earlier})}
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -608,7 +601,7 @@ def export_pipeline(config: SDTeacherTrainConfig, folder: Path | None = None) ->
         "trained_steps": steps,
         "recipe": {path.stem.removeprefix("config-"): json.loads(path.read_text())
                    for path in sorted(work_dir.glob("config-*.json"))},
-        **continued_from(config)})
+        **({"continued_from": history} if history else {})})
     if folder.exists():
         shutil.rmtree(folder)
     staging.rename(folder)
