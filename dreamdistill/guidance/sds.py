@@ -9,6 +9,7 @@ import torch
 
 from dreamdistill.config import Range
 from dreamdistill.diffusion.schedule import add_noise
+from dreamdistill.diffusion.teacher import Encoder
 
 Weighting = Literal["sigma_sq", "uniform", "sds_snr"]
 Optimise = Literal["auto", True, False]
@@ -33,6 +34,10 @@ class GuidanceConfig:
     """Append ", front/side/back/overhead view" to the prompt from each camera."""
     view_contrast: Annotated[float, Range(0, 1000)] = 0.0
     """w_v of the view-contrast term w_v (ε̂(y_view) − ε̂(y_other views)) (0: off; one extra batched pass)."""
+    encoder: Encoder = "vae"
+    """How a latent teacher encodes the renders: its VAE encoder, or ``tiny``, the small encoder distilled from it
+    (:mod:`dreamdistill.diffusion.tiny_encoder`; takes half the teacher's resolution, about 7× cheaper forward and
+    backward on a CPU for toy-sd). A pixel teacher ignores it."""
     optimise: Optimise = "auto"
     """The fast step (:mod:`dreamdistill.lift3d.fast_path`): teacher UNet and VAE encoder compiled (CUDA graphs on
     a GPU), fused Adam, the guidance's random draws on the device, no host sync inside a step (the log is written
@@ -189,7 +194,7 @@ class SDS:
 
     def noised(self, images: torch.Tensor, progress: float, generator=None):
         """Model-space x, timesteps, noise and x_t for a batch of renders."""
-        x = self.teacher.images_to_model(images)
+        x = self.teacher.images_to_model(images, self.config.encoder)
         t_min, t_max = timestep_range(self.config, progress)
         t = sample_timesteps(x.shape[0], t_min, t_max, self.teacher.schedule.num_train_timesteps, generator)
         t = t.to(self.teacher.device)

@@ -132,7 +132,7 @@ class RowsSDS(SDS):
     def noised(self, images: torch.Tensor, progress: float, generator=None):
         if self.total is None:
             return super().noised(images, progress, generator)
-        x = self.teacher.images_to_model(images)
+        x = self.teacher.images_to_model(images, self.config.encoder)
         t_min, t_max = timestep_range(self.config, progress)
         t = sample_timesteps(self.total, t_min, t_max, self.teacher.schedule.num_train_timesteps, generator)
         t = t[self.rows].to(self.teacher.device)

@@ -177,6 +177,7 @@ def load_teacher(config: LiftConfig):
     quiet_libraries()
     teacher = Teacher.from_pretrained(config.teacher, device=config.device)
     check_resolutions(config, teacher.image_size)
+    teacher.check_encoder(config.guidance.encoder)
     return teacher
 
 

@@ -14,7 +14,7 @@ resumes where it stopped (Ctrl-C or SIGTERM saves first):
 5. ``decoder``: the VAE decoder alone is fine-tuned further (the encoder, and so the latents the UNet learned,
    stay fixed: SD's ft-MSE VAE was made the same way). It can run beside ``unet``: on a 2-core machine run
    ``--stage unet --threads 1`` and ``--stage decoder --threads 1`` side by side, then ``--stage export``.
-6. ``export``: the diffusers pipeline folder, fp16 safetensors, plus ``dreamdistill.json`` (the toy vocabulary and
+7. ``export``: the diffusers pipeline folder, fp16 safetensors, plus ``dreamdistill.json`` (the toy vocabulary and
    sampling defaults) and a sample grid in ``work_dir``.
 
 ``--stage all`` (the default) runs them in order.
@@ -40,7 +40,7 @@ from dreamdistill.errors import DreamDistillError
 from dreamdistill.fileio import torch_load_checked, torch_save_atomic, write_json_atomic
 from dreamdistill.interrupt import StopRequest
 
-Stage = Literal["all", "data", "vae", "latents", "unet", "decoder", "export"]
+Stage = Literal["all", "data", "vae", "latents", "unet", "decoder", "tiny_encoder", "export"]
 LATENT_FACTOR = 8
 """The VAE's downsampling factor (SD's): 128-px images become 16 × 16 × 4 latents."""
 
@@ -86,6 +86,11 @@ class SDTeacherTrainConfig:
     """Decoder-only fine-tuning steps after the latents are fixed (0: skip)."""
     decoder_learning_rate: Annotated[float, Range(0, 1, open_low=True)] = 3e-4
     decoder_minutes: Annotated[float, Range(0, None)] = 0.0
+    tiny_encoder_steps: Annotated[int, Range(0, 10**8)] = 3000
+    """Steps of the tiny encoder regressed onto the VAE's latents (0: skip; :mod:`toyworld.train_tiny_encoder`)."""
+    tiny_encoder_batch_size: Annotated[int, Range(1, 65536)] = 64
+    tiny_encoder_learning_rate: Annotated[float, Range(0, 1, open_low=True)] = 2e-3
+    tiny_encoder_minutes: Annotated[float, Range(0, None)] = 0.0
     latent_count: Annotated[int, Range(0, 10**7)] = 0
     """How many training images the latents stage encodes and the UNet trains on (0: all of them). Encoding costs
     about 0.15 s per 128-px image on a 2-core CPU, so the CPU recipe encodes a subset."""
@@ -561,6 +566,7 @@ def export_pipeline(config: SDTeacherTrainConfig, folder: Path | None = None) ->
     from dreamdistill.diffusion.teacher import LATENT_NOTES_NAME
     from dreamdistill.toyworld.sd_text import build_tokenizer
     from dreamdistill.toyworld.train_teacher import toy_vocabulary
+    from dreamdistill.toyworld.train_tiny_encoder import export_tiny_encoder
 
     folder = Path(folder or config.out)
     work_dir = Path(config.work_dir)
@@ -577,7 +583,7 @@ def export_pipeline(config: SDTeacherTrainConfig, folder: Path | None = None) ->
     vae = trained_vae(config)
     vae.register_to_config(scaling_factor=latents["scaling_factor"])
     steps = {"unet": int(state["step"])}
-    for name in ("vae", "decoder"):
+    for name in ("vae", "decoder", "tiny_encoder"):
         if (work_dir / f"{name}.pt").is_file():
             steps[name] = int(torch.load(work_dir / f"{name}.pt", map_location="cpu")["step"])
     history = continued_from(config)
@@ -588,6 +594,7 @@ def export_pipeline(config: SDTeacherTrainConfig, folder: Path | None = None) ->
     for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
         module.half().save_pretrained(staging / name, safe_serialization=True)
     tokenizer.save_pretrained(staging / "tokenizer")
+    export_tiny_encoder(config, staging)
     build_sd_scheduler().save_pretrained(staging / "scheduler")
     model_index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": _diffusers_version(),
                    "feature_extractor": [None, None], "safety_checker": [None, None],
@@ -646,15 +653,21 @@ def train_sd_teacher(config: SDTeacherTrainConfig) -> Path:
     work_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work_dir / f"config-{config.stage}.json", asdict(config))
     run_all = config.stage == "all"
-    data = stage_data(config) if config.stage in ("all", "data", "vae", "latents", "decoder") else None
+    data = stage_data(config) if config.stage in ("all", "data", "vae", "latents", "decoder", "tiny_encoder") else None
     if run_all or config.stage == "vae":
         stage_vae(config, data["images"])
-    if run_all or config.stage in ("latents", "unet"):
+    if run_all or config.stage in ("latents", "unet", "tiny_encoder"):
         latents = stage_latents(config, data if data is not None else stage_data(config))
     if run_all or config.stage == "unet":
         stage_unet(config, latents)
     if run_all or config.stage == "decoder":
         stage_decoder(config, data["images"])
+    if run_all or config.stage == "tiny_encoder":
+        from dreamdistill.toyworld.train_tiny_encoder import add_to_folder, stage_tiny_encoder
+
+        stage_tiny_encoder(config, data["images"], latents)
+        if config.stage == "tiny_encoder" and add_to_folder(config, Path(config.out)):
+            print(f"tiny encoder added to {config.out}", flush=True)
     if run_all or config.stage == "export":
         folder = export_pipeline(config)
         state = torch.load(work_dir / "unet.pt", map_location="cpu")
