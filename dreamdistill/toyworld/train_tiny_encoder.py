@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dreamdistill.diffusion.teacher import TINY_ENCODER_DIR, resize
+from dreamdistill.diffusion.teacher import LATENT_NOTES_NAME, TINY_ENCODER_DIR, resize
 from dreamdistill.diffusion.tiny_encoder import TinyEncoder
+from dreamdistill.fileio import torch_save_atomic, write_json_atomic
 from dreamdistill.interrupt import StopRequest
 from dreamdistill.toyworld.train_sd_teacher import (
     LATENT_FACTOR,
@@ -92,8 +93,6 @@ def stage_tiny_encoder(config: SDTeacherTrainConfig, images: torch.Tensor, laten
         print(f"tiny encoder: resumed at step {step}", flush=True)
 
     def save(finished: bool) -> None:
-        from dreamdistill.fileio import torch_save_atomic
-
         torch_save_atomic(path, {"encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                                  "finished": finished})
 
@@ -145,9 +144,6 @@ def add_to_folder(config: SDTeacherTrainConfig, folder: Path) -> bool:
     ``folder`` is not a pipeline folder or the stage has not finished."""
     import json
     import shutil
-
-    from dreamdistill.diffusion.teacher import LATENT_NOTES_NAME
-    from dreamdistill.fileio import write_json_atomic
 
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
