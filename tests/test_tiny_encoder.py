@@ -109,3 +109,43 @@ def test_sds_encodes_renders_with_the_configured_encoder(tmp_path):
         sds = SDS(teacher, "a red chair", dataclasses.replace(GuidanceConfig(), encoder=encoder))
         sds(images, ["front", "side"], 0.5, torch.Generator().manual_seed(0))["loss"].backward()
         assert calls == [encoder]
+
+
+def test_a_tiny_encoder_of_another_latent_size_is_refused(tmp_path):
+    from dreamdistill.diffusion.teacher import TINY_ENCODER_DIR, Teacher
+
+    folder = write_tiny_sd_teacher(tmp_path / "sd")  # 8² latents
+    TinyEncoder(input_size=16, widths=(4, 4, 4), blocks_per_level=(1, 1, 1)).save_pretrained(folder / TINY_ENCODER_DIR)
+    teacher = Teacher.from_pretrained(folder, device="cpu", dtype=torch.float32)
+    with pytest.raises(DreamDistillError, match="makes 4 × 4² latents, the UNet takes 4 × 8²"):
+        teacher.check_encoder("tiny")
+
+
+def test_the_stage_adds_its_encoder_to_an_exported_folder(tmp_path):
+    """add_to_folder: tiny_encoder/ in fp16 next to the untouched pipeline, and its steps and settings in the notes."""
+    import json
+
+    from dreamdistill.diffusion.teacher import TINY_ENCODER_DIR
+
+    folder = write_tiny_sd_teacher(tmp_path / "sd")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    work = tmp_path / "work"
+    work.mkdir()
+    config = SDTeacherTrainConfig(work_dir=str(work), resolution=64)
+    encoder = tiny.build_tiny_encoder(config)
+    assert not tiny.add_to_folder(config, folder)  # no finished stage yet
+    torch.save({"encoder": encoder.state_dict(), "optimizer": {}, "step": 7, "finished": True},
+               work / tiny.CHECKPOINT_NAME)
+    (work / "config-tiny_encoder.json").write_text(json.dumps({"tiny_encoder_steps": 7}))
+    assert tiny.add_to_folder(config, folder)
+    from safetensors.torch import load_file
+
+    saved = load_file(next((folder / TINY_ENCODER_DIR).glob("*.safetensors")))
+    assert {value.dtype for value in saved.values()} == {torch.float16}
+    loaded = TinyEncoder.from_pretrained(folder / TINY_ENCODER_DIR)
+    for name, value in encoder.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name].float(), value.half().float(), msg=name)
+    notes = json.loads((folder / "dreamdistill.json").read_text())
+    assert notes["trained_steps"]["tiny_encoder"] == 7 and notes["recipe"]["tiny_encoder"] == {"tiny_encoder_steps": 7}
+    assert all(path.read_bytes() == data for path, data in before.items() if path.name != "dreamdistill.json")
+    assert not tiny.add_to_folder(config, tmp_path / "not-a-pipeline")

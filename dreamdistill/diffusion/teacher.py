@@ -525,6 +525,11 @@ class Teacher:
             raise DreamDistillError(f"guidance.encoder=tiny: the teacher {self.info.path} has no {TINY_ENCODER_DIR}/ "
                                     "folder; use guidance.encoder=vae, or train one (dreamdistill train-teacher "
                                     "--format sd --stage tiny_encoder)")
+        tiny = getattr(self.codec, "tiny_encoder", None)
+        if encoder == "tiny" and (tiny.config.latent_channels, tiny.latent_size) != self.model_shape[:2]:
+            raise DreamDistillError(f"guidance.encoder=tiny: {self.info.path / TINY_ENCODER_DIR} makes "
+                                    f"{tiny.config.latent_channels} × {tiny.latent_size}² latents, the UNet takes "
+                                    f"{self.model_shape[0]} × {self.model_shape[1]}²; retrain it for this teacher")
 
     def model_to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> [B, 3, image_size, image_size] images in [0, 1], float32."""
