@@ -521,12 +521,14 @@ class Teacher:
 
     def check_encoder(self, encoder: Encoder) -> None:
         """One line when ``encoder`` cannot be used with this teacher."""
-        if encoder == "tiny" and getattr(self.codec, "tiny_encoder", 0) is None:
+        if encoder != "tiny" or not isinstance(self.codec, LatentCodec):
+            return
+        tiny = self.codec.tiny_encoder
+        if tiny is None:
             raise DreamDistillError(f"guidance.encoder=tiny: the teacher {self.info.path} has no {TINY_ENCODER_DIR}/ "
                                     "folder; use guidance.encoder=vae, or train one (dreamdistill train-teacher "
                                     "--format sd --stage tiny_encoder)")
-        tiny = getattr(self.codec, "tiny_encoder", None)
-        if encoder == "tiny" and (tiny.config.latent_channels, tiny.latent_size) != self.model_shape[:2]:
+        if (tiny.config.latent_channels, tiny.latent_size) != self.model_shape[:2]:
             raise DreamDistillError(f"guidance.encoder=tiny: {self.info.path / TINY_ENCODER_DIR} makes "
                                     f"{tiny.config.latent_channels} × {tiny.latent_size}² latents, the UNet takes "
                                     f"{self.model_shape[0]} × {self.model_shape[1]}²; retrain it for this teacher")

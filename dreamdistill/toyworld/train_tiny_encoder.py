@@ -10,6 +10,7 @@ the export writes it into the pipeline folder as ``tiny_encoder/``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -78,7 +79,7 @@ def stage_tiny_encoder(config: SDTeacherTrainConfig, images: torch.Tensor, laten
     if config.tiny_encoder_steps == 0 or state is not None and state["finished"]:
         return
     device = torch.device(config.device)
-    scale = float(latents["latents"].new_tensor(latents["scaling_factor"]))
+    scale = float(latents["scaling_factor"])
     targets = latents["latents"].float() * scale
     count = min(training_count(config, images.shape[0]), targets.shape[0])
     held_out = images[-config.held_out:] if config.held_out else images[:0]
@@ -123,7 +124,7 @@ def stage_tiny_encoder(config: SDTeacherTrainConfig, images: torch.Tensor, laten
 
 def cosine_rate(peak: float, step: int, steps: int) -> float:
     """Cosine decay from ``peak`` to 0 over ``steps``."""
-    return 0.5 * peak * (1 + torch.cos(torch.tensor(torch.pi * min(step / max(steps, 1), 1.0))).item())
+    return 0.5 * peak * (1 + math.cos(math.pi * min(step / max(steps, 1), 1.0)))
 
 
 def export_tiny_encoder(config: SDTeacherTrainConfig, folder: Path) -> bool:
