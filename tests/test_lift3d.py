@@ -196,6 +196,47 @@ def test_regularisers_are_counted_per_model_element():
     assert float(late) == pytest.approx(0.5 * float(regularizer_losses(config, out, 0.75, 3072)["distortion"]))
 
 
+def test_normal_smoothness_golden_value_and_what_it_ignores():
+    """Σ over right and lower neighbours of sg(A_u A_v)|n̂_u − n̂_v|². Golden value by hand on a 2×2 map: normals
+    (0,0,1), (0,0,2) / (1,0,0), 0 with opacities 1, ½ / 0.8, 1: across 0 + 1·0.8, down 2·0.8 + 1·½ = 2.9. A normal's
+    length does not count (only its direction), the opacity gets no gradient, the normals do."""
+    from dreamdistill.lift3d.regularizers import normal_smoothness_penalty
+
+    normal = torch.tensor([[[0.0, 0.0], [1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[1.0, 2.0], [0.0, 0.0]]])[None]
+    opacity = torch.tensor([[[1.0, 0.5], [0.8, 1.0]]])[None].requires_grad_(True)
+    normal.requires_grad_(True)
+    penalty = normal_smoothness_penalty(normal, opacity)
+    assert float(penalty) == pytest.approx(2.9, rel=1e-6)
+    penalty.backward()
+    assert opacity.grad is None and normal.grad is not None and normal.grad.abs().sum() > 0
+    scaled = normal.detach() * torch.tensor([3.0, 0.5, 7.0, 1.0]).view(1, 1, 2, 2)
+    assert float(normal_smoothness_penalty(scaled, opacity.detach())) == pytest.approx(2.9, rel=1e-6)
+    flat = normal.detach()[..., :1, :1].expand(1, 3, 4, 4)
+    assert float(normal_smoothness_penalty(flat, torch.ones(1, 1, 4, 4))) == 0
+
+
+def test_normal_smoothness_is_weighted_per_model_element_and_ramped():
+    """regularizers.normal_smoothness: weight × penalty × model elements / pixels / batch, ramped in linearly from
+    normal_smoothness_from; absent without the render's normals."""
+    from dreamdistill.lift3d import RegularizerConfig, regularizer_losses
+    from dreamdistill.lift3d.regularizers import normal_smoothness_penalty
+    from dreamdistill.render.volume import RenderOutput
+
+    generator = torch.Generator().manual_seed(0)
+    normal = torch.randn(2, 3, 8, 8, generator=generator)
+    opacity = torch.rand(2, 1, 8, 8, generator=generator)
+    out = RenderOutput(torch.zeros(2, 3, 8, 8), opacity, opacity, normal, 0, None, None, None)
+    config = RegularizerConfig(normal_smoothness=0.3, normal_smoothness_from=0.5)
+    penalty = float(normal_smoothness_penalty(normal, opacity))
+    assert "normal_smoothness" not in regularizer_losses(config, out, 0.5, 1024)
+    assert float(regularizer_losses(config, out, 0.75, 1024)["normal_smoothness"]) == pytest.approx(
+        0.3 * 0.5 * penalty * 1024 / 64 / 2, rel=1e-6)
+    assert float(regularizer_losses(config, out, 1.0, 1024)["normal_smoothness"]) == pytest.approx(
+        0.3 * penalty * 1024 / 64 / 2, rel=1e-6)
+    no_normals = RenderOutput(torch.zeros(2, 3, 8, 8), opacity, opacity, None, 0, None, None, None)
+    assert "normal_smoothness" not in regularizer_losses(config, no_normals, 1.0, 1024)
+
+
 def test_normalised_distortion_divides_by_opacity_squared_and_ignores_a_rays_scale():
     """regularizers.distortion_normalised: per pixel L_dist / (A² + 0.01), A the pixel's opacity. Golden values by
     hand on one two-sample ray (weights w, 0.1 apart, δ = 0.1): L = 2 w1 w2 · 0.1 + 0.1/3 (w1² + w2²). Halving

@@ -229,24 +229,24 @@ def test_occupancy_is_updated_and_sdf_beta_set_before_the_render(make_lifter, mo
     assert [call["beta_then"] for call in recorder.renders] == pytest.approx([0.2 * 0.25**0.25, 0.2 * 0.25**0.75])
 
 
-@pytest.mark.parametrize("orientation,distortion,eikonal", [
-    (0.0, 0.0, 0.0), (0.1, 0.0, 0.0), (0.0, 0.1, 0.0), (0.0, 0.0, 0.1),
+@pytest.mark.parametrize("orientation,smoothness,distortion,eikonal", [
+    (0.0, 0.0, 0.0, 0.0), (0.1, 0.0, 0.0, 0.0), (0.0, 0.1, 0.0, 0.0), (0.0, 0.0, 0.1, 0.0), (0.0, 0.0, 0.0, 0.1),
 ])
-def test_regulariser_outputs_are_asked_for_exactly_when_weighted(make_lifter, monkeypatch, orientation, distortion,
-                                                                  eikonal):
-    """return_normals / return_distortion / return_eikonal are True exactly when the orientation / distortion /
-    eikonal weight is above 0, and a weighted term shows in the step's stats."""
+def test_regulariser_outputs_are_asked_for_exactly_when_weighted(make_lifter, monkeypatch, orientation, smoothness,
+                                                                  distortion, eikonal):
+    """return_normals / return_distortion / return_eikonal are True exactly when the orientation or normal
+    smoothness / distortion / eikonal weight is above 0, and a weighted term shows in the step's stats."""
     lifter = make_lifter(f"regularizers.orientation={orientation}", f"regularizers.distortion={distortion}",
                          "regularizers.distortion_from=0.0", f"regularizers.eikonal={eikonal}",
-                         "render.resolution=8")
+                         f"regularizers.normal_smoothness={smoothness}", "render.resolution=8")
     recorder = StepRecorder(lifter, monkeypatch)
     stats = lifter.step(1)
     (call,) = recorder.renders
-    assert call["return_normals"] is (orientation > 0)
+    assert call["return_normals"] is (orientation > 0 or smoothness > 0)
     assert call["return_distortion"] is (distortion > 0)
     assert call["return_eikonal"] is (eikonal > 0)
-    weighted = {name for name, weight in (("orientation", orientation), ("distortion", distortion),
-                                           ("eikonal", eikonal)) if weight > 0}
+    weighted = {name for name, weight in (("orientation", orientation), ("normal_smoothness", smoothness),
+                                           ("distortion", distortion), ("eikonal", eikonal)) if weight > 0}
     assert weighted <= set(stats)
 
 

@@ -1,6 +1,6 @@
 """Break the training-step wiring by hand, one mutation at a time, and check that tests/test_wiring.py fails.
 
-    python tests/wiring_mutations.py [WORD]   # CAUGHT / MISSED per row whose file or test file contains WORD
+    python tests/wiring_mutations.py [WORD]   # CAUGHT / MISSED per row whose file, test file or text has WORD
 
 Each row: (file, exact original text, broken text, the -k expression of the tests that must catch it[, the test
 file, default tests/test_wiring.py]). A break that moves code gives tuples of texts: each original is replaced by
@@ -8,6 +8,7 @@ its broken text in turn.
 Every file is restored after its run. Not part of the suite (it reruns pytest once per mutation, a few minutes).
 """
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ SDS, VSD = "dreamdistill/guidance/sds.py", "dreamdistill/guidance/vsd.py"
 FIELD, VOLUME, LIFTER = "dreamdistill/scene/field.py", "dreamdistill/render/volume.py", "dreamdistill/lift3d/lifter.py"
 SDF_TESTS, LIFT_TESTS = "tests/test_sdf.py", "tests/test_lift3d.py"
 SCHEDULES, STEP_TESTS = "dreamdistill/lift3d/schedules.py", "tests/test_lifter_wiring.py"
+REGULARIZERS = "dreamdistill/lift3d/regularizers.py"
 TINY, TINY_TESTS = "dreamdistill/toyworld/train_tiny_encoder.py", "tests/test_tiny_encoder.py"
 OCCUPANCY_UPDATE = ("        if self.occupancy is not None:\n"
                     "            self.occupancy.update(self.field.density, self.step_size, step=step, "
@@ -117,8 +119,16 @@ MUTATIONS = [
      "embedding_and_the_progress", STEP_TESTS),
     (LIFTER, "self.guidance(out.image, views,", "self.guidance(out.image.detach(), views,",
      "embedding_and_the_progress or scheduled_learning_rate", STEP_TESTS),
-    (LIFTER, "return_normals=config.regularizers.orientation > 0,",
-     "return_normals=config.regularizers.orientation == 0,", "asked_for_exactly_when_weighted", STEP_TESTS),
+    (LIFTER, "return_normals=config.regularizers.orientation > 0 or",
+     "return_normals=config.regularizers.orientation == 0 or", "asked_for_exactly_when_weighted", STEP_TESTS),
+    (LIFTER, " or config.regularizers.normal_smoothness > 0,", ",", "asked_for_exactly_when_weighted", STEP_TESTS),
+    (REGULARIZERS, "    weight = opacity.detach()", "    weight = opacity", "normal_smoothness", LIFT_TESTS),
+    (REGULARIZERS, "    unit = torch.nn.functional.normalize(normal, dim=1, eps=1e-6)", "    unit = normal",
+     "normal_smoothness", LIFT_TESTS),
+    (REGULARIZERS, "ramp_weight(config.normal_smoothness, config.normal_smoothness_from, progress)",
+     "config.normal_smoothness", "normal_smoothness", LIFT_TESTS),
+    (REGULARIZERS, "(down * weight[..., 1:, :] * weight[..., :-1, :]).sum())",
+     "(down * weight[..., 1:, :] * weight[..., 1:, :]).sum())", "normal_smoothness", LIFT_TESTS),
     (LIFTER, "return_distortion=config.regularizers.distortion > 0,", "return_distortion=True,",
      "asked_for_exactly_when_weighted", STEP_TESTS),
     (LIFTER, "return_eikonal=config.regularizers.eikonal > 0)", "return_eikonal=config.regularizers.eikonal >= 0)",
@@ -156,7 +166,8 @@ MUTATIONS = [
 def main() -> int:
     missed = 0
     only = sys.argv[1] if len(sys.argv) > 1 else ""
-    chosen = [m for m in MUTATIONS if only in m[0] or only in ''.join(m[4:])]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a killed run still restores the file it broke
+    chosen = [m for m in MUTATIONS if only in m[0] or only in ''.join(m[4:]) or only in ''.join(m[1])]
     for name, old, new, tests, *where in chosen:
         test_file = where[0] if where else "tests/test_wiring.py"
         path = ROOT / name

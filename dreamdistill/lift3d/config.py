@@ -54,6 +54,14 @@ class RegularizerConfig:
     (0: full weight throughout); a late ramp lets the shape form before it is made solid."""
     orientation: Annotated[float, Range(0, 1e6)] = 0.0
     """Weight of Σ_i sg(w_i) max(0, n_i·d)² per ray (DreamFusion / Ref-NeRF orientation loss, per sample)."""
+    normal_smoothness: Annotated[float, Range(0, 1e6)] = 0.0
+    """Weight of the rendered normal map's smoothness: Σ over each pixel's right and lower neighbour of
+    sg(A_u A_v) |n̂_u − n̂_v|², n̂ the composited normal made unit, A the opacity (2D normal smoothness, as in
+    threestudio's refinement stages): it flattens the ripples a hash grid's fine levels leave on a surface, and
+    the opacity weight spares the silhouettes."""
+    normal_smoothness_from: Annotated[float, Range(0, 1, open_high=True)] = 0.0
+    """Fraction of the run after which the normal-smoothness weight ramps linearly from 0 to its value at the end
+    (0: full weight throughout), so thin parts form before the surface is smoothed."""
     distortion: Annotated[float, Range(0, 1e6)] = 0.0
     """Weight of the per-ray distortion Σ_ij w_i w_j |t_i − t_j| + δ/3 Σ w_i² (Mip-NeRF 360; world units):
     gathers each ray's weight into one short interval, so hazy shells become sharp, opaque surfaces."""

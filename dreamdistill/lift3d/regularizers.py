@@ -31,10 +31,24 @@ def normalised_distortion(distortion: torch.Tensor, opacity: torch.Tensor) -> to
     return distortion / (opacity.square() + DISTORTION_OPACITY_FLOOR)
 
 
+def normal_smoothness_penalty(normal: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
+    """Σ over horizontally and vertically adjacent pixel pairs (u, v) of sg(A_u A_v)·|n̂_u − n̂_v|² for a composited
+    normal map [B, 3, H, W] and opacity [B, 1, H, W], n̂ = N / |N| (zero where N is): per image, summed over the
+    batch. The weight is detached, so the term cannot fall by thinning the object; at a silhouette one of A_u, A_v
+    is near 0 and the pair barely counts."""
+    unit = torch.nn.functional.normalize(normal, dim=1, eps=1e-6)
+    weight = opacity.detach()
+    across = (unit[..., :, 1:] - unit[..., :, :-1]).square().sum(1, keepdim=True)
+    down = (unit[..., 1:, :] - unit[..., :-1, :]).square().sum(1, keepdim=True)
+    return ((across * weight[..., :, 1:] * weight[..., :, :-1]).sum()
+            + (down * weight[..., 1:, :] * weight[..., :-1, :]).sum())
+
+
 def regularizer_losses(config: RegularizerConfig, out: RenderOutput, progress: float,
                        model_elements: int) -> dict[str, torch.Tensor]:
     """The active regularisers on a (square) render ``out`` at ``progress``, weighted, by config name
-    (opacity_sparsity, opacity_entropy, orientation, distortion, eikonal); their sum is the regulariser loss.
+    (opacity_sparsity, opacity_entropy, orientation, normal_smoothness, distortion, eikonal); their sum is the
+    regulariser loss.
 
     Each is a per-pixel sum rescaled to ``model_elements`` per image, the number of elements of the teacher's
     model space (3·32² for the toy teacher, 4·64² latents for SD): the surrogate loss is a sum over those, so
@@ -50,6 +64,9 @@ def regularizer_losses(config: RegularizerConfig, out: RenderOutput, progress: f
         losses["opacity_entropy"] = entropy_weight * binary_entropy(out.opacity).sum() * per_image
     if config.orientation and out.orientation is not None:
         losses["orientation"] = config.orientation * out.orientation.sum() * per_image
+    smoothness_weight = ramp_weight(config.normal_smoothness, config.normal_smoothness_from, progress)
+    if smoothness_weight and out.normal is not None:
+        losses["normal_smoothness"] = smoothness_weight * normal_smoothness_penalty(out.normal, out.opacity) * per_image
     distortion_weight = ramp_weight(config.distortion, config.distortion_from, progress)
     if distortion_weight and out.distortion is not None:
         distortion = (normalised_distortion(out.distortion, out.opacity) if config.distortion_normalised
