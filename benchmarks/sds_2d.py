@@ -4,9 +4,10 @@ house's roof, a chair's white seat) is lost to SDS's mode seeking, not to the 3D
 
     python benchmarks/sds_2d.py --teacher toy-sd --config configs/toy-sd-sds.yaml
 
-Each image is a [0, 1] sigmoid of free logits at the preset's render resolution, started from a white image
-with a gray blob (as the 3D field starts), updated with Adam on the preset's guidance (scale, weighting and the
-sliding timestep band over ``--steps``). The toy evaluator classifies the results. Writes
+Each image is a [0, 1] sigmoid of free logits at the preset's final render resolution (``render.resolution``
+throughout, not its coarse start), started from a white image with a gray disc (as the 3D field starts), updated
+with Adam on the preset's guidance (scale, weighting and the sliding timestep band over ``--steps``). The toy
+evaluator classifies the results. Writes
 ``benchmarks/results/sds_2d_<teacher>.json`` and a figure: teacher samples (top row) and 2D SDS (bottom row).
 """
 
@@ -36,7 +37,7 @@ the mug's handle, the table's leg."""
 
 
 def initial_logits(count: int, size: int) -> torch.Tensor:
-    """Logits of a white image with a soft gray disc in the middle (the 3D field's initial blob, seen flat)."""
+    """Logits of a white image with a hard-edged gray disc in the middle (the 3D field's initial blob, seen flat)."""
     axis = torch.linspace(-1, 1, size)
     radius = (axis[None, :] ** 2 + axis[:, None] ** 2).sqrt()
     gray = 1.0 - 0.4 * (radius < 0.6).float()

@@ -269,3 +269,13 @@ def test_each_grid_has_its_own_occupancy_refreshed_from_its_own_field(pixel, tin
         torch.testing.assert_close(parts.occupancy.state_dict()[name], tensor, msg=name)
     for name, tensor in whole.model.state_dict().items():
         torch.testing.assert_close(parts.model.state_dict()[name], tensor, msg=name)
+
+
+@pytest.mark.parametrize("orientation,smoothness", [(0.0, 0.0), (0.1, 0.0), (0.0, 0.1)])
+def test_instant_renders_composite_normals_when_weighted(pixel, tiny_pixel_teacher_dir, orientation, smoothness):
+    """The amortised trainer asks its renders for normals exactly when a normal term (orientation or normal
+    smoothness) is weighted, as the per-prompt Lifter does, so the term also holds on albedo renders."""
+    config = tiny_config(tiny_pixel_teacher_dir, f"regularizers.orientation={orientation}",
+                         f"regularizers.normal_smoothness={smoothness}")
+    settings = InstantTrainer(config, pixel).render_settings(torch.Generator())
+    assert settings["return_normals"] is (orientation > 0 or smoothness > 0)

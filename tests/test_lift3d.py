@@ -197,22 +197,23 @@ def test_regularisers_are_counted_per_model_element():
 
 
 def test_normal_smoothness_golden_value_and_what_it_ignores():
-    """Σ over right and lower neighbours of sg(A_u A_v)|n̂_u − n̂_v|². Golden value by hand on a 2×2 map: normals
-    (0,0,1), (0,0,2) / (1,0,0), 0 with opacities 1, ½ / 0.8, 1: across 0 + 1·0.8, down 2·0.8 + 1·½ = 2.9. A normal's
-    length does not count (only its direction), the opacity gets no gradient, the normals do."""
+    """Σ over right and lower neighbours of sg(|N_u||N_v|)|n̂_u − n̂_v|². Golden values by hand on two 2×2 maps
+    (rows; |N| ≤ 1 as a render's are). Image 0: (0,0,1), (0,0,½) / (0.8,0,0), 0: across 0 + 0 (the empty pixel's
+    weight is 0), down 2·0.8 + 0 = 1.6. Image 1: (0,0,½), (0,0,−1) / (0,0.6,0), (0,0.3,0): across 4·½ + 0, down
+    2·0.3 + 2·0.3 = 3.2. Only directions count: the gradient is orthogonal to each N (the weight is detached), and
+    a flat map costs nothing."""
     from dreamdistill.lift3d.regularizers import normal_smoothness_penalty
 
-    normal = torch.tensor([[[0.0, 0.0], [1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[1.0, 2.0], [0.0, 0.0]]])[None]
-    opacity = torch.tensor([[[1.0, 0.5], [0.8, 1.0]]])[None].requires_grad_(True)
-    normal.requires_grad_(True)
-    penalty = normal_smoothness_penalty(normal, opacity)
-    assert float(penalty) == pytest.approx(2.9, rel=1e-6)
+    pixels = [[(0, 0, 1), (0, 0, 0.5), (0.8, 0, 0), (0, 0, 0)], [(0, 0, 0.5), (0, 0, -1), (0, 0.6, 0), (0, 0.3, 0)]]
+    normal = torch.tensor(pixels).view(2, 2, 2, 3).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    penalty = normal_smoothness_penalty(normal)
+    assert float(penalty.detach()) == pytest.approx(1.6 + 3.2, rel=1e-6)
+    assert float(normal_smoothness_penalty(normal.detach()[1:])) == pytest.approx(3.2, rel=1e-6)
     penalty.backward()
-    assert opacity.grad is None and normal.grad is not None and normal.grad.abs().sum() > 0
-    scaled = normal.detach() * torch.tensor([3.0, 0.5, 7.0, 1.0]).view(1, 1, 2, 2)
-    assert float(normal_smoothness_penalty(scaled, opacity.detach())) == pytest.approx(2.9, rel=1e-6)
-    flat = normal.detach()[..., :1, :1].expand(1, 3, 4, 4)
-    assert float(normal_smoothness_penalty(flat, torch.ones(1, 1, 4, 4))) == 0
+    assert normal.grad.abs().sum() > 0
+    assert (normal.grad * normal.detach()).sum(1).abs().max() < 1e-6
+    flat = torch.tensor([0.0, 0.6, 0.8]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    assert float(normal_smoothness_penalty(flat)) == 0
 
 
 def test_normal_smoothness_is_weighted_per_model_element_and_ramped():
@@ -227,7 +228,7 @@ def test_normal_smoothness_is_weighted_per_model_element_and_ramped():
     opacity = torch.rand(2, 1, 8, 8, generator=generator)
     out = RenderOutput(torch.zeros(2, 3, 8, 8), opacity, opacity, normal, 0, None, None, None)
     config = RegularizerConfig(normal_smoothness=0.3, normal_smoothness_from=0.5)
-    penalty = float(normal_smoothness_penalty(normal, opacity))
+    penalty = float(normal_smoothness_penalty(normal))
     assert "normal_smoothness" not in regularizer_losses(config, out, 0.5, 1024)
     assert float(regularizer_losses(config, out, 0.75, 1024)["normal_smoothness"]) == pytest.approx(
         0.3 * 0.5 * penalty * 1024 / 64 / 2, rel=1e-6)

@@ -298,7 +298,7 @@ class InstantTrainer:
         """The keyword arguments of every training render but the field, cameras, shading, light and occupancy."""
         config, r = self.config, self.config.render
         return dict(step_size=self.step_size, stratified=True, generator=generator,
-                    return_normals=config.regularizers.orientation > 0,
+                    return_normals=config.regularizers.needs_normals,
                     return_distortion=config.regularizers.distortion > 0,
                     distortion_window=math.ceil(config.regularizers.distortion_window / self.step_size),
                     pixel_jitter=r.pixel_jitter, supersample=r.supersample,

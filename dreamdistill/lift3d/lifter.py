@@ -116,7 +116,7 @@ class Lifter:
         resolution = resolution_at(r, progress)
         out = render(self.field, self.background, cameras, resolution, shading=shading, light=light,
                      occupancy=self.occupancy, step_size=self.step_size, stratified=True, generator=generator,
-                     return_normals=config.regularizers.orientation > 0 or config.regularizers.normal_smoothness > 0,
+                     return_normals=config.regularizers.needs_normals,
                      return_distortion=config.regularizers.distortion > 0,
                      distortion_window=math.ceil(config.regularizers.distortion_window / self.step_size),
                      pixel_jitter=r.pixel_jitter,

@@ -31,13 +31,15 @@ def normalised_distortion(distortion: torch.Tensor, opacity: torch.Tensor) -> to
     return distortion / (opacity.square() + DISTORTION_OPACITY_FLOOR)
 
 
-def normal_smoothness_penalty(normal: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
-    """Σ over horizontally and vertically adjacent pixel pairs (u, v) of sg(A_u A_v)·|n̂_u − n̂_v|² for a composited
-    normal map [B, 3, H, W] and opacity [B, 1, H, W], n̂ = N / |N| (zero where N is): per image, summed over the
-    batch. The weight is detached, so the term cannot fall by thinning the object; at a silhouette one of A_u, A_v
-    is near 0 and the pair barely counts."""
-    unit = torch.nn.functional.normalize(normal, dim=1, eps=1e-6)
-    weight = opacity.detach()
+def normal_smoothness_penalty(normal: torch.Tensor) -> torch.Tensor:
+    """Σ over horizontally and vertically adjacent pixel pairs (u, v) of sg(|N_u| |N_v|)·|n̂_u − n̂_v|² for a
+    composited normal map N [B, 3, H, W] (Σ_i w_i n_i per pixel, so |N| ≤ the opacity), n̂ = N / |N|, summed over
+    the batch. The weight is detached, so the term cannot fall by thinning the object. It is small at a silhouette
+    and on a hazy ray whose normals cancel (small |N|), and it bounds the gradient: ∂/∂N_v is at most about
+    4 |N_u|, where a weight by opacity would grow as A_v / |N_v|."""
+    length = normal.norm(dim=1, keepdim=True)
+    unit = normal / length.clamp(min=1e-6)
+    weight = length.detach()
     across = (unit[..., :, 1:] - unit[..., :, :-1]).square().sum(1, keepdim=True)
     down = (unit[..., 1:, :] - unit[..., :-1, :]).square().sum(1, keepdim=True)
     return ((across * weight[..., :, 1:] * weight[..., :, :-1]).sum()
@@ -66,7 +68,7 @@ def regularizer_losses(config: RegularizerConfig, out: RenderOutput, progress: f
         losses["orientation"] = config.orientation * out.orientation.sum() * per_image
     smoothness_weight = ramp_weight(config.normal_smoothness, config.normal_smoothness_from, progress)
     if smoothness_weight and out.normal is not None:
-        losses["normal_smoothness"] = smoothness_weight * normal_smoothness_penalty(out.normal, out.opacity) * per_image
+        losses["normal_smoothness"] = smoothness_weight * normal_smoothness_penalty(out.normal) * per_image
     distortion_weight = ramp_weight(config.distortion, config.distortion_from, progress)
     if distortion_weight and out.distortion is not None:
         distortion = (normalised_distortion(out.distortion, out.opacity) if config.distortion_normalised
