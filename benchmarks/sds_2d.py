@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--teacher", default="toy-sd")
     parser.add_argument("--config", default="configs/toy-sd-sds.yaml", help="preset whose guidance and render size "
                         "are used")
+    parser.add_argument("--prompt", action="append", default=None, help="draw these prompts instead (repeatable; "
+                        "a prompt given twice is drawn twice, from different noise)")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="override the preset's guidance scale")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--sample-steps", type=int, default=32)
@@ -77,23 +80,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    config = load_config(LiftConfig, args.config)
+    overrides = [] if args.guidance_scale is None else [f"guidance.guidance_scale={args.guidance_scale}"]
+    config = load_config(LiftConfig, args.config, overrides)
+    prompts = args.prompt or PROMPTS
     teacher = Teacher.from_pretrained(args.teacher, device="cpu")
     started = time.perf_counter()
-    drawn = run_sds_2d(teacher, PROMPTS, config, args.steps, args.learning_rate, args.seed)
+    drawn = run_sds_2d(teacher, prompts, config, args.steps, args.learning_rate, args.seed)
     sds_seconds = time.perf_counter() - started
     with torch.no_grad():
-        samples = teacher.sample(PROMPTS, steps=args.sample_steps, guidance_scale=args.sample_guidance, seed=args.seed)
+        samples = teacher.sample(prompts, steps=args.sample_steps, guidance_scale=args.sample_guidance, seed=args.seed)
     samples = resize(samples.float(), drawn.shape[-1])
 
     evaluator = Evaluator.load()
-    wanted = prompt_labels(PROMPTS)
+    wanted = prompt_labels(prompts)
     scores = {name: prompt_fidelity(evaluator.classify(images), wanted)
               for name, images in (("teacher_samples", samples), ("sds_2d", drawn))}
     out = Path(args.out or f"benchmarks/results/sds_2d_{Path(args.teacher).name}.json")
-    figure = save_grid(torch.cat([samples, drawn]), out.with_suffix(".png"), columns=len(PROMPTS), scale=2)
+    figure = save_grid(torch.cat([samples, drawn]), out.with_suffix(".png"), columns=len(prompts), scale=2)
     write_json_atomic(out, {
-        "benchmark": "sds_2d", "teacher": args.teacher, "config": args.config, "prompts": PROMPTS,
+        "benchmark": "sds_2d", "teacher": args.teacher, "config": args.config, "prompts": prompts,
         "steps": args.steps, "learning_rate": args.learning_rate, "guidance_scale": config.guidance.guidance_scale,
         "t_range": list(config.guidance.t_range), "t_range_end": list(config.guidance.t_range_end),
         "resolution": config.render.resolution, "sample_steps": args.sample_steps,
