@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--prompt", action="append", default=None, help="draw these prompts instead (repeatable; "
                         "a prompt given twice is drawn twice, from different noise)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="override the preset's guidance scale")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset setting, e.g. guidance.space=image")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--sample-steps", type=int, default=32)
@@ -80,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    overrides = [] if args.guidance_scale is None else [f"guidance.guidance_scale={args.guidance_scale}"]
+    overrides = args.set + ([] if args.guidance_scale is None else [f"guidance.guidance_scale={args.guidance_scale}"])
     config = load_config(LiftConfig, args.config, overrides)
     prompts = args.prompt or PROMPTS
     teacher = Teacher.from_pretrained(args.teacher, device="cpu")
@@ -102,7 +104,8 @@ def main() -> None:
         "steps": args.steps, "learning_rate": args.learning_rate, "guidance_scale": config.guidance.guidance_scale,
         "t_range": list(config.guidance.t_range), "t_range_end": list(config.guidance.t_range_end),
         "resolution": config.render.resolution, "sample_steps": args.sample_steps,
-        "sample_guidance": args.sample_guidance, "seed": args.seed, "fidelity": scores,
+        "sample_guidance": args.sample_guidance, "seed": args.seed, "overrides": overrides,
+        "space": config.guidance.space, "fidelity": scores,
         "sds_seconds": round(sds_seconds, 1), "figure": repo_relative(figure), "device": device_info(),
     })
     print(f"wrote {out} and {figure}: {scores}")

@@ -19,11 +19,21 @@ FIELD, VOLUME, LIFTER = "dreamdistill/scene/field.py", "dreamdistill/render/volu
 SDF_TESTS, LIFT_TESTS = "tests/test_sdf.py", "tests/test_lift3d.py"
 SCHEDULES, STEP_TESTS = "dreamdistill/lift3d/schedules.py", "tests/test_lifter_wiring.py"
 REGULARIZERS = "dreamdistill/lift3d/regularizers.py"
+IMAGE_SPACE, IMAGE_SPACE_TESTS = "dreamdistill/guidance/image_space.py", "tests/test_image_space_sds.py"
 TINY, TINY_TESTS = "dreamdistill/toyworld/train_tiny_encoder.py", "tests/test_tiny_encoder.py"
 OCCUPANCY_UPDATE = ("        if self.occupancy is not None:\n"
                     "            self.occupancy.update(self.field.density, self.step_size, step=step, "
                     "generator=generator)\n")
 MUTATIONS = [
+    (SDS, "distillation_gradient(images.detach().float(), target.to(images.device),",
+     "distillation_gradient(target.to(images.device), images.detach().float(),", "oracle", IMAGE_SPACE_TESTS),
+    (SDS, "self.image_gain = encoder_gain(encode, images, generator=torch.Generator().manual_seed(0))",
+     "self.image_gain = 1.0", "oracle", IMAGE_SPACE_TESTS),
+    (IMAGE_SPACE, "(gain * weight * alpha / sigma).float()", "(gain * weight).float()", "oracle", IMAGE_SPACE_TESTS),
+    (IMAGE_SPACE, "alpha=alpha.float(), sigma=sigma.float())", "alpha=sigma.float(), sigma=alpha.float())", "oracle",
+     IMAGE_SPACE_TESTS),
+    (IMAGE_SPACE, "return float(total / probes / images.numel())", "return float(total / probes / z.numel())",
+     "known_mean_eigenvalue", IMAGE_SPACE_TESTS),
     (SDS, "        return sigma**2", "        return sigma", "test_sds_image_gradient"),
     (SDS, "eps=eps.float(), alpha=alpha, sigma=sigma), alpha, sigma",
      "eps=eps.float(), alpha=sigma, sigma=alpha), alpha, sigma", "test_sds_image_gradient"),

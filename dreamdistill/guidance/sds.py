@@ -10,8 +10,11 @@ import torch
 from dreamdistill.config import Range
 from dreamdistill.diffusion.schedule import add_noise
 from dreamdistill.diffusion.teacher import Encoder
+from dreamdistill.errors import DreamDistillError
+from dreamdistill.guidance.image_space import denoised_images, encoder_gain, image_space_weight
 
 Weighting = Literal["sigma_sq", "uniform", "sds_snr"]
+Space = Literal["latent", "image"]
 Optimise = Literal["auto", True, False]
 """auto, or true / false (YAML also reads on / off as true / false)."""
 
@@ -38,6 +41,10 @@ class GuidanceConfig:
     """How a latent teacher encodes the renders: its VAE encoder, or ``tiny``, the small encoder distilled from it
     (:mod:`dreamdistill.diffusion.tiny_encoder`; takes half the teacher's resolution, about 7× cheaper forward and
     backward on a CPU for toy-sd). A pixel teacher ignores it."""
+    space: Space = "latent"
+    """Where a latent teacher's SDS step is taken: latent (w(t)(ε̂ − ε) pulled back through the encoder) or image
+    (the render pulled towards the decoded one-step estimate D(ẑ₀), scaled by the encoder's mean gain; no encoder
+    backward; :mod:`dreamdistill.guidance.image_space`). SDS only; a pixel teacher has only one space."""
     optimise: Optimise = "auto"
     """The fast step (:mod:`dreamdistill.lift3d.fast_path`): teacher UNet and VAE encoder compiled (CUDA graphs on
     a GPU), fused Adam, the guidance's random draws on the device, no host sync inside a step (the log is written
@@ -139,17 +146,23 @@ class SDS:
 
     def __init__(self, teacher, prompt: str, config: GuidanceConfig):
         self.teacher, self.prompt, self.config = teacher, prompt, config
+        if config.space == "image" and teacher.info.format != "latent":
+            raise DreamDistillError("guidance.space: image needs a latent (Stable-Diffusion-class) teacher; a pixel "
+                                    "teacher's SDS is already in image space: use guidance.space=latent")
+        self.image_gain: float | None = None
+        """g = tr(JᵀJ)/n of the encoder, estimated at the first image-space step and kept in the checkpoint."""
 
     def after_step(self, result: dict, generator: torch.Generator | None = None) -> dict[str, float]:
         """Work after the scene's update (nothing for SDS)."""
         return {}
 
     def state_dict(self) -> dict:
-        """Trainable state of the guidance itself (none for SDS)."""
-        return {}
+        """State of the guidance itself (for SDS only the image-space gain, once estimated)."""
+        return {} if self.image_gain is None else {"image_gain": self.image_gain}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` (nothing for SDS)."""
+        """Restore :meth:`state_dict`."""
+        self.image_gain = state.get("image_gain", self.image_gain)
 
     def close(self) -> None:
         """Leave the shared teacher as it was (nothing to undo for SDS)."""
@@ -208,6 +221,8 @@ class SDS:
         """Surrogate loss for renders [B, 3, H, W] in [0, 1]; also returns grad norm and timesteps
         (``camera`` is unused by SDS). ``prompts``: one prompt per render (amortised SDS: each sample's
         gradient w(t)(ε̂_teacher(x_t; y_i, cfg) − ε) uses its own y_i); None: this guidance's prompt for all."""
+        if self.config.space == "image":
+            return self.image_space_step(images, views, progress, generator, prompts)
         x, t, eps, x_t, alpha, sigma = self.noised(images, progress, generator)
         text = self.text_for(views, x.shape[0], prompts)
         with torch.no_grad():
@@ -216,3 +231,25 @@ class SDS:
         grad = distillation_gradient(eps_teacher, eps.float(), weight, self.config.grad_clip)
         return {"loss": surrogate_loss(x, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t, "eps": eps,
                 "residual_rms": residual_rms(eps_teacher, eps), "nonfinite": nonfinite_elements(eps_teacher)}
+
+    def image_space_step(self, images: torch.Tensor, views: list[str] | None, progress: float,
+                         generator: torch.Generator | None, prompts: list[str] | None) -> dict[str, torch.Tensor]:
+        """SDS in image space (``guidance.space: image``): grad_x = g w(t)(α/σ)(x − D(ẑ₀)) on the renders x, the
+        same draws of t and ε as the latent step, the encoder run forward only."""
+        if self.image_gain is None:
+            def encode(batch):
+                return self.teacher.images_to_model(batch, self.config.encoder)
+
+            self.image_gain = encoder_gain(encode, images, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            x, t, eps, x_t, alpha, sigma = self.noised(images, progress, generator)
+            text = self.text_for(views, x.shape[0], prompts)
+            eps_teacher = self.teacher_eps(x_t, t, text, views, prompts)
+            target = denoised_images(self.teacher.model_to_images, x_t, eps_teacher, alpha, sigma, images.shape[-1])
+        weight = image_space_weight(timestep_weight(alpha, sigma, self.config.weighting), alpha, sigma,
+                                    self.image_gain)
+        grad = distillation_gradient(images.detach().float(), target.to(images.device), weight.to(images.device),
+                                     self.config.grad_clip)
+        return {"loss": surrogate_loss(images, grad), "grad_norm": grad.flatten(1).norm(dim=1).mean(), "t": t,
+                "eps": eps, "residual_rms": residual_rms(eps_teacher, eps),
+                "nonfinite": nonfinite_elements(eps_teacher)}

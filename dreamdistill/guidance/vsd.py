@@ -22,6 +22,7 @@ from dreamdistill.config import Range
 from dreamdistill.diffusion.denoiser import Denoiser, Prediction, classifier_free_guidance
 from dreamdistill.diffusion.dsm import denoising_loss
 from dreamdistill.diffusion.schedule import add_noise
+from dreamdistill.errors import DreamDistillError
 from dreamdistill.guidance.sds import (
     SDS,
     GuidanceConfig,
@@ -216,6 +217,9 @@ class VSD(SDS):
     def __init__(self, teacher, prompt: str, config: GuidanceConfig, critic_config: CriticConfig,
                  fast: bool = False):
         super().__init__(teacher, prompt, config)
+        if config.space != "latent":
+            raise DreamDistillError("guidance.space: image is for SDS; VSD takes its step in the teacher's model "
+                                    "space: use guidance.space=latent")
         self.critic = LoRACritic(teacher, critic_config)
         self.critic_optimizer = torch.optim.AdamW(self.critic.trainable_parameters(), lr=critic_config.learning_rate,
                                                   fused=fast or None)
