@@ -44,7 +44,9 @@ class GuidanceConfig:
     space: Space = "latent"
     """Where a latent teacher's SDS step is taken: latent (w(t)(ε̂ − ε) pulled back through the encoder) or image
     (the render pulled towards the decoded one-step estimate D(ẑ₀), scaled by the encoder's mean gain; no encoder
-    backward; :mod:`dreamdistill.guidance.image_space`). SDS only; a pixel teacher has only one space."""
+    backward; :mod:`dreamdistill.guidance.image_space`). SDS only; a pixel teacher has only one space. On toy-sd it
+    keeps hues in 2D, but in 3D from the high-noise start the field filled the frame (docs/results.md): no preset
+    uses it yet."""
     optimise: Optimise = "auto"
     """The fast step (:mod:`dreamdistill.lift3d.fast_path`): teacher UNet and VAE encoder compiled (CUDA graphs on
     a GPU), fused Adam, the guidance's random draws on the device, no host sync inside a step (the log is written
