@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from dreamdistill.diffusion.schedule import x0_from_eps
+from dreamdistill.diffusion.teacher import resize
 
 
 def encoder_gain(encode, images: torch.Tensor, probes: int = 4, generator: torch.Generator | None = None) -> float:
@@ -36,8 +37,6 @@ def encoder_gain(encode, images: torch.Tensor, probes: int = 4, generator: torch
 
 def denoised_images(decode, x_t: torch.Tensor, eps: torch.Tensor, alpha, sigma, size: int) -> torch.Tensor:
     """D(ẑ₀), ẑ₀ = (x_t − σ ε̂)/α: the teacher's one-step estimate decoded to [0, 1] images, resized to ``size``."""
-    from dreamdistill.diffusion.teacher import resize
-
     x0 = x0_from_eps(x_t=x_t.float(), eps=eps.float(), alpha=alpha.float(), sigma=sigma.float())
     return resize(decode(x0).float(), size)
 
